@@ -1,0 +1,264 @@
+"""The configuration tree: dataclasses, YAML files, dotted overrides and validation.
+
+Defaults are the best recipe; `configs/default.yaml` spells the same values out (a test keeps the two
+equal). A YAML file is read first, then `section.key=value` overrides, each value parsed as YAML
+(`optim.lr=3e-3`, `model.channels=[32,64]`). Every key and type is checked, so a typo is an error
+line rather than a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from mnist_sum.errors import UsageError
+
+
+def _check(ok: bool, what: str, fix: str) -> None:
+    if not ok:
+        raise UsageError(what, fix)
+
+
+@dataclass
+class DataConfig:
+    source: Literal["idx", "hf"] = "idx"
+    """Where MNIST comes from: the IDX files in `idx_dir`, or Hugging Face `datasets` (`hf_dataset`)."""
+    idx_dir: str = "data/mnist"
+    """Folder of the four MNIST IDX files (.gz or raw); relative paths fall back to the project root."""
+    hf_dataset: str = "ylecun/mnist"
+    """Hub name, a folder of parquet files, or a `save_to_disk` folder in the `ylecun/mnist` schema."""
+    val_size: int = 5000
+    """Training images held out for validation (model selection); the rest are trained on."""
+    split_seed: int = 0
+    """Seed of the val hold-out and of the val/test numbers; apart from train.seed, so runs of every
+    training seed are selected and scored on the same (image, number) pairs."""
+    train_limit: int = 0
+    """Train on only the first N training images (0 = all); for smoke tests."""
+    num_workers: int = 0
+    """DataLoader worker processes; 0 is fastest here because a batch is one tensor index."""
+
+    def __post_init__(self) -> None:
+        _check(self.val_size >= 1, f"data.val_size must be >= 1, got {self.val_size}", "e.g. data.val_size=5000")
+        _check(self.val_size < 60000, f"data.val_size must be < 60000, got {self.val_size}",
+               "the 60,000 training images are split into train and val")
+        _check(self.train_limit >= 0, f"data.train_limit must be >= 0, got {self.train_limit}", "0 means all")
+        _check(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}", "e.g. 0")
+
+
+@dataclass
+class ModelConfig:
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    """Width of each conv stage; every stage halves the resolution (28 -> 14 -> 7 -> 3)."""
+    sum_hidden: int = 128
+    """Hidden units of the sum head's MLP over (digit probabilities, one-hot number)."""
+    dropout: float = 0.1
+    """Dropout before the digit classifier."""
+    channels_last: bool = True
+    """Memory layout for the conv trunk; faster with oneDNN on CPU and with tensor cores on GPU."""
+
+    def __post_init__(self) -> None:
+        _check(len(self.channels) >= 1 and all(c >= 1 for c in self.channels),
+               f"model.channels must be a non-empty list of positive ints, got {self.channels}",
+               "e.g. model.channels=[32,64,128]")
+        _check(len(self.channels) <= 4, f"model.channels has {len(self.channels)} stages",
+               "at most 4: each stage halves the 28x28 image")
+        _check(self.sum_hidden >= 1, f"model.sum_hidden must be >= 1, got {self.sum_hidden}", "e.g. 128")
+        _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}", "e.g. 0.1")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.003
+    """Peak learning rate (AdamW)."""
+    weight_decay: float = 0.0001
+    """Decoupled weight decay (AdamW)."""
+    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    """LR schedule over all training steps: warm-up then cosine to zero (onecycle), cosine only, or flat."""
+    warmup_fraction: float = 0.2
+    """Share of steps spent warming up (onecycle only)."""
+    label_smoothing: float = 0.0
+    """Label smoothing of both cross-entropies."""
+    grad_clip: float = 0.0
+    """Clip the global gradient norm to this value (0 = off)."""
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}", "e.g. optim.lr=0.003")
+        _check(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}", "e.g. 1e-4")
+        _check(0 <= self.warmup_fraction < 1, f"optim.warmup_fraction must be in [0, 1), got {self.warmup_fraction}",
+               "e.g. 0.2")
+        _check(0 <= self.label_smoothing < 1, f"optim.label_smoothing must be in [0, 1), got {self.label_smoothing}",
+               "e.g. 0.0")
+        _check(self.grad_clip >= 0, f"optim.grad_clip must be >= 0, got {self.grad_clip}", "0 turns it off")
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    """Seeds weights, sample order and the random numbers; one seed, one run."""
+    epochs: int = 6
+    """Passes over the training images."""
+    global_batch_size: int = 128
+    """Samples per optimizer step over all processes; each process takes global / processes."""
+    eval_batch_size: int = 1000
+    """Samples per evaluation batch over all processes."""
+    log_every: int = 50
+    """Write a train metrics line every this many steps."""
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}", "e.g. train.epochs=3")
+        _check(self.global_batch_size >= 1, f"train.global_batch_size must be >= 1, got {self.global_batch_size}",
+               "e.g. 128")
+        _check(self.eval_batch_size >= 1, f"train.eval_batch_size must be >= 1, got {self.eval_batch_size}",
+               "e.g. 1000")
+        _check(self.log_every >= 1, f"train.log_every must be >= 1, got {self.log_every}", "e.g. 50")
+
+
+@dataclass
+class RunConfig:
+    name: str = ""
+    """Run name; empty = <config name>-<date>-<time>."""
+    dir: str = ""
+    """Run folder; empty = runs/<name>. Must not exist yet or be empty."""
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building a Config from YAML and overrides, with type checks
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return `value` as type `tp`, or raise a UsageError naming the key."""
+    origin = typing.get_origin(tp)
+    bad = UsageError(f"{key} must be {_describe(tp)}, got {value!r}", f"e.g. {key}={_example(tp)}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise bad
+        return value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise bad
+        return [_coerce(v, item_tp, key) for v in value]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise TypeError(f"unsupported config type {tp!r} for {key}")  # a bug in this file, not user input
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(tp)[0])}s"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def _example(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return str(typing.get_args(tp)[0])
+    if origin is list:
+        return "[32,64]"
+    return {bool: "true", int: "10", float: "0.5", str: "text"}.get(tp, "...")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            options = [f"{prefix}{n}" for n in names]
+            close = difflib.get_close_matches(full, options, n=1)
+            hint = f"did you mean {close[0]}?" if close else "valid keys: " + ", ".join(options)
+            raise UsageError(f"unknown config key {full!r}", hint)
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise UsageError(f"{full} must be a section of keys, got {value!r}", f"e.g. {full}.<key>=value")
+            kwargs[key] = _build(tp, value, f"{full}.")
+        else:
+            kwargs[key] = _coerce(value, tp, full)
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `a.b=value` into (["a", "b"], parsed value). The value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UsageError(f"cannot read override {text!r}", "write overrides as section.key=value, e.g. optim.lr=0.003")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw  # not YAML: keep the text; the type check decides whether a string is allowed
+    return key.split("."), value
+
+
+def _set(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for i, part in enumerate(path[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UsageError(f"{'.'.join(path[: i + 1])} is a value, not a section", f"drop the part after it in {'.'.join(path)}")
+        node = child
+    node[path[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file {str(path)!r} not found", "pass an existing file, e.g. --config configs/quick.yaml")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise UsageError(f"config file {str(path)!r} is not valid YAML{at}", "fix the syntax; see configs/default.yaml") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise UsageError(f"config file {str(path)!r} must hold sections of keys", "see configs/default.yaml")
+    return loaded
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Defaults, then the YAML file (if any), then each `a.b=value` override, then validation."""
+    tree: dict[str, Any] = read_yaml(path) if path is not None else {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        _set(tree, keys, value)
+    return _build(Config, tree, "")
+

@@ -1,0 +1,133 @@
+"""The sum dataset: (image, number) pairs with reproducible numbers, batched by tensor indexing.
+
+`pair_numbers(seed, split, epoch, index)` is a counter-based hash (splitmix64), so a sample's
+number depends on nothing else: not world size, workers, batch size, shuffle order or a resume.
+Val and test always use epoch 0, so their pairs never change; train draws fresh numbers each epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
+
+from mnist_sum.config import Config
+from mnist_sum.errors import UsageError
+from mnist_sum.sources import Splits, load_hf, load_idx
+
+SPLIT_IDS = {"train": 1, "val": 2, "test": 3}
+_MASK = (1 << 64) - 1
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser on uint64 arrays (wrapping arithmetic is the point)."""
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def stream_key(*parts: int) -> int:
+    """Hash a tuple of ints (seed, split, epoch, ...) into one 64-bit key."""
+    key = np.zeros(1, dtype=np.uint64)
+    for part in parts:
+        key = _splitmix64(key ^ np.uint64(part & _MASK))
+    return int(key[0])
+
+
+def pair_numbers(seed: int, split: str, epoch: int, index: torch.Tensor | Sequence[int]) -> torch.Tensor:
+    """The number 0..9 paired with each sample index: a pure function of (seed, split, epoch, index)."""
+    key = np.uint64(stream_key(seed, SPLIT_IDS[split], epoch))
+    idx = np.asarray(index.cpu() if isinstance(index, torch.Tensor) else index, dtype=np.int64).astype(np.uint64)
+    # The modulo bias of 2**64 mod 10 is about 1e-19: irrelevant.
+    return torch.from_numpy((_splitmix64(idx ^ key) % np.uint64(10)).astype(np.int64))
+
+
+def split_train_val(images: torch.Tensor, labels: torch.Tensor, val_size: int, split_seed: int) -> Splits:
+    """A fixed, seeded hold-out of `val_size` training images for model selection."""
+    g = torch.Generator().manual_seed(stream_key(split_seed, SPLIT_IDS["val"]) & ((1 << 63) - 1))
+    order = torch.randperm(len(images), generator=g)
+    val, train = order[:val_size].sort().values, order[val_size:].sort().values
+    return {"train": (images[train], labels[train]), "val": (images[val], labels[val])}
+
+
+def load_splits(cfg: Config) -> Splits:
+    """train / val / test as uint8 images and int64 labels."""
+    source = load_idx(cfg.data.idx_dir) if cfg.data.source == "idx" else load_hf(cfg.data.hf_dataset)
+    images, labels = source["train"]
+    if cfg.data.val_size >= len(images):
+        raise UsageError(f"data.val_size={cfg.data.val_size} leaves no training images (the source has {len(images)})",
+                         "choose a smaller data.val_size")
+    splits = split_train_val(images, labels, cfg.data.val_size, cfg.data.split_seed)
+    if cfg.data.train_limit:
+        splits["train"] = tuple(t[: cfg.data.train_limit] for t in splits["train"])
+    splits["test"] = source["test"]
+    return splits
+
+
+class SumDataset(Dataset):
+    """(image, label, number, index) for one split; `__getitems__` serves a whole batch with one index op."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, split: str, seed: int) -> None:
+        self.images, self.labels, self.split, self.seed = images, labels, split, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        # Val and test keep epoch 0 so their pairs never change.
+        if self.split == "train":
+            self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        index = torch.as_tensor(indices, dtype=torch.int64)
+        pos = index.to(self.images.device)
+        return {
+            "image": self.images[pos],
+            "label": self.labels[pos],
+            "number": pair_numbers(self.seed, self.split, self.epoch, index).to(self.labels.device),
+            "index": index,
+        }
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([i]).items()}
+
+
+class EpochSampler(Sampler[int]):
+    """Sample order as a function of (seed, epoch): a seeded permutation, or 0..n-1 when not shuffling."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool) -> None:
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(range(self.n))
+        g = torch.Generator().manual_seed(stream_key(self.seed, 0, self.epoch) & ((1 << 63) - 1))
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
+def keep_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """collate_fn: `__getitems__` already returns a batch (module-level so worker processes can pickle it)."""
+    return batch
+
+
+def make_loader(dataset: SumDataset, batch_size: int, seed: int, train: bool, num_workers: int) -> DataLoader:
+    """A loader of *global* batches; Accelerate (split_batches=True) hands each process its slice.
+
+    Training drops the last partial batch, so every step has the same global batch size whatever the
+    number of processes; evaluation keeps it, and `gather_for_metrics` drops Accelerate's padding.
+    """
+    sampler = EpochSampler(len(dataset), seed, shuffle=train)
+    batches = BatchSampler(sampler, batch_size, drop_last=train)
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=keep_batch, num_workers=num_workers)

@@ -1,0 +1,76 @@
+"""The two-headed network: a conv trunk reads the digit; a small MLP adds the number to it.
+
+The sum head sees only the digit *distribution* (softmax of the digit logits) and the one-hot
+number, so it has to learn addition over digits rather than re-read the pixels; both heads train
+together through one loss, the mean of their cross-entropies.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mnist_sum.config import ModelConfig
+
+NUM_DIGITS = 10
+NUM_SUMS = 19  # 0 + 0 .. 9 + 9
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+def _stage(c_in: int, c_out: int) -> nn.Sequential:
+    """Two 3x3 conv-BN-ReLU layers, then halve the resolution."""
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+    )
+
+
+class SumNet(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        widths = [1, *cfg.channels]
+        self.trunk = nn.Sequential(*(_stage(a, b) for a, b in zip(widths, widths[1:])))
+        self.digit_head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(widths[-1], NUM_DIGITS)
+        )
+        self.sum_head = nn.Sequential(
+            nn.Linear(2 * NUM_DIGITS, cfg.sum_hidden), nn.ReLU(inplace=True), nn.Linear(cfg.sum_hidden, NUM_SUMS)
+        )
+        self.channels_last = cfg.channels_last
+
+    def digit_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images [B, 28, 28] -> digit logits [B, 10]. Normalising here keeps the weights self-contained."""
+        x = (images.unsqueeze(1).float() / 255.0 - MNIST_MEAN) / MNIST_STD
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.digit_head(self.trunk(x))
+
+    def sum_logits(self, digit_logits: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
+        """(digit logits [B, 10], numbers [B] in 0..9) -> sum logits [B, 19]."""
+        probs = digit_logits.float().softmax(dim=-1)
+        return self.sum_head(torch.cat([probs, F.one_hot(numbers, NUM_DIGITS).to(probs.dtype)], dim=-1))
+
+    def forward(self, images: torch.Tensor, numbers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        digits = self.digit_logits(images)
+        return digits, self.sum_logits(digits, numbers)
+
+
+def build_model(cfg: ModelConfig) -> SumNet:
+    model = SumNet(cfg)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def sum_loss(digit_logits: torch.Tensor, sum_logits: torch.Tensor, labels: torch.Tensor, numbers: torch.Tensor,
+             label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, digit CE, sum CE); the total is the mean of the two cross-entropies."""
+    digit = F.cross_entropy(digit_logits.float(), labels, label_smoothing=label_smoothing)
+    total_sum = F.cross_entropy(sum_logits.float(), labels + numbers, label_smoothing=label_smoothing)
+    return (digit + total_sum) / 2, digit, total_sum

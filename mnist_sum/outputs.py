@@ -1,0 +1,55 @@
+"""Final run outputs: the scored weights (safetensors, with the model config inside) and per-sample predictions."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from mnist_sum.config import ModelConfig
+from mnist_sum.errors import UsageError
+from mnist_sum.files import atomic_write, write_text
+from mnist_sum.model import SumNet, build_model
+
+PREDICTION_COLUMNS = ("index", "label", "number", "pred_digit", "pred_sum")
+
+
+def save_weights(path: Path, model: SumNet, cfg: ModelConfig) -> None:
+    """Weights plus the model config in the file's metadata, so the file alone rebuilds the network."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {"model_config": json.dumps(asdict(cfg))}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def load_weights(path: str | Path) -> SumNet:
+    """Rebuild the network from a model.safetensors written by `save_weights`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"weights file {str(path)!r} not found", "pass a run folder or its model.safetensors")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        tensors = load_file(str(path))
+        cfg = ModelConfig(**json.loads(metadata["model_config"]))
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError) as err:
+        raise UsageError(f"{path} is not a readable mnist-sum weights file ({type(err).__name__})",
+                         "pass the model.safetensors of a finished run") from None
+    model = build_model(cfg)
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError:
+        raise UsageError(f"{path} does not match the network its metadata describes",
+                         "the file is damaged; use the model.safetensors of a finished run") from None
+    return model.eval()
+
+
+def save_predictions(path: Path, rows: dict[str, torch.Tensor]) -> None:
+    """One CSV line per test sample, ordered by index: index,label,number,pred_digit,pred_sum."""
+    order = rows["index"].argsort()
+    table = torch.stack([rows[c][order].long() for c in PREDICTION_COLUMNS], dim=1).tolist()
+    lines = [",".join(PREDICTION_COLUMNS)] + [",".join(map(str, r)) for r in table]
+    write_text(path, "\n".join(lines) + "\n")

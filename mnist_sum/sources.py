@@ -1,0 +1,129 @@
+"""MNIST sources -> `{"train": (images, labels), "test": (images, labels)}` as uint8 / int64 tensors.
+
+Two sources: the original IDX files (bundled in `data/mnist/`, checksum-verified on every load) and
+Hugging Face `datasets` in the `ylecun/mnist` schema (hub name, parquet folder or `save_to_disk`
+folder). Either way the result is plain in-memory tensors: MNIST is 55 MB, so everything after this
+point is tensor indexing, never per-sample Python.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mnist_sum.errors import UsageError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# SHA-256 of the *decompressed* original files (gzip output differs between gzip builds).
+IDX_SHA256 = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+SPLIT_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+Splits = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def resolve_path(path: str) -> Path:
+    """A relative path is taken from the working directory if it exists there, else from the project root."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists():
+        return p
+    return PROJECT_ROOT / p
+
+
+def _read_idx_bytes(folder: Path, name: str, verify: bool) -> bytes:
+    for candidate, opener in ((folder / f"{name}.gz", gzip.open), (folder / name, open)):
+        if candidate.is_file():
+            try:
+                with opener(candidate, "rb") as f:
+                    raw = f.read()
+            except (OSError, EOFError) as err:
+                raise UsageError(f"cannot read {candidate}: {err}", "restore the original MNIST file") from None
+            if verify and hashlib.sha256(raw).hexdigest() != IDX_SHA256[name]:
+                raise UsageError(
+                    f"{candidate} does not match the original MNIST checksum",
+                    "restore it from data/mnist/ in a fresh clone (git checkout -- data/mnist)",
+                )
+            return raw
+    raise UsageError(f"MNIST file {name}[.gz] not found in {folder}", "point data.idx_dir at a folder with the four IDX files")
+
+
+def _parse_idx(raw: bytes, name: str) -> np.ndarray:
+    # IDX header: two zero bytes, a type code (0x08 = uint8), the number of dimensions, then big-endian sizes.
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise UsageError(f"{name} is not an IDX file of unsigned bytes", "use the original MNIST files")
+    ndim = raw[3]
+    shape = tuple(int(s) for s in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    offset = 4 + 4 * ndim
+    if len(raw) - offset != int(np.prod(shape)):
+        raise UsageError(f"{name} is truncated: header says {shape}, file has {len(raw) - offset} bytes of data",
+                         "restore the original MNIST file")
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape)
+
+
+def load_idx(folder: str | Path, verify: bool = True) -> Splits:
+    """Read the four IDX files of `folder`; with `verify`, each must match the original checksum."""
+    folder = resolve_path(str(folder))
+    if not folder.is_dir():
+        raise UsageError(f"MNIST folder {str(folder)!r} not found", "set data.idx_dir to the folder with the IDX files")
+    splits: Splits = {}
+    for split, (image_name, label_name) in SPLIT_FILES.items():
+        images = _parse_idx(_read_idx_bytes(folder, image_name, verify), image_name)
+        labels = _parse_idx(_read_idx_bytes(folder, label_name, verify), label_name)
+        splits[split] = (torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64)))
+    return splits
+
+
+def _hf_splits(spec: str):
+    """Open a `datasets` DatasetDict from a save_to_disk folder, a parquet folder, or a hub name."""
+    import datasets  # imported here: a second or two of start-up that the IDX path does not need
+
+    path = resolve_path(spec)  # a local folder if one exists by that name, else a hub name
+    if path.is_dir() and (path / "dataset_dict.json").is_file():
+        return datasets.load_from_disk(str(path))
+    if path.is_dir():
+        files = {split: sorted(str(f) for f in path.rglob(f"*{split}*.parquet")) for split in ("train", "test")}
+        missing = [split for split, found in files.items() if not found]
+        if missing:
+            raise UsageError(f"no {' or '.join(missing)} parquet files in {path}",
+                             "name them like train-00000-of-00001.parquet and test-00000-of-00001.parquet")
+        return datasets.load_dataset("parquet", data_files=files)
+    try:
+        return datasets.load_dataset(spec)
+    except Exception as err:  # the hub client raises many types; the user needs the one line either way
+        raise UsageError(f"cannot load Hugging Face dataset {spec!r}: {str(err).splitlines()[0]}",
+                         "log in / go online once to cache it, or point data.hf_dataset at local parquet files") from None
+
+
+def _hf_to_tensors(ds, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if set(ds.column_names) < {"image", "label"}:
+        raise UsageError(f"{split} split has columns {ds.column_names}, expected 'image' and 'label'",
+                         "use a dataset in the ylecun/mnist schema")
+    # Decoding 70k PNGs is the slow part (seconds); it happens once per run, on the main process first.
+    arrays = ds.with_format("numpy")
+    images = np.stack([np.asarray(img, dtype=np.uint8) for img in arrays["image"]])
+    labels = np.asarray(arrays["label"], dtype=np.int64)
+    if images.shape[1:] != (28, 28):
+        raise UsageError(f"{split} images have shape {images.shape[1:]}, expected (28, 28)", "use MNIST-sized images")
+    if labels.min() < 0 or labels.max() > 9:
+        raise UsageError(f"{split} labels fall outside 0..9", "use a dataset in the ylecun/mnist schema")
+    return torch.from_numpy(images), torch.from_numpy(labels)
+
+
+def load_hf(spec: str) -> Splits:
+    dsd = _hf_splits(spec)
+    for split in ("train", "test"):
+        if split not in dsd:
+            raise UsageError(f"Hugging Face dataset {spec!r} has no {split!r} split", "it needs 'train' and 'test' splits")
+    return {split: _hf_to_tensors(dsd[split], split) for split in ("train", "test")}
