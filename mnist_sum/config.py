@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,7 +156,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
             raise bad
-        return [_coerce(v, item_tp, key) for v in value]
+        try:
+            return [_coerce(v, item_tp, key) for v in value]
+        except UsageError:
+            raise bad from None
     if tp is bool:
         if not isinstance(value, bool):
             raise bad
@@ -165,7 +169,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise bad
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as text
+            try:
+                value = float(value)
+            except ValueError:
+                raise bad from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise bad
         return float(value)
     if tp is str:
@@ -180,7 +189,8 @@ def _describe(tp: Any) -> str:
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin is list:
-        return f"a list of {_describe(typing.get_args(tp)[0])}s"
+        item = {int: "integers", float: "numbers", str: "strings"}.get(typing.get_args(tp)[0], "values")
+        return f"a list of {item}"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
 
 
@@ -232,7 +242,8 @@ def _set(tree: dict[str, Any], path: list[str], value: Any) -> None:
     for i, part in enumerate(path[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise UsageError(f"{'.'.join(path[: i + 1])} is a value, not a section", f"drop the part after it in {'.'.join(path)}")
+            where = ".".join(path[: i + 1])
+            raise UsageError(f"{where} is a value, not a section", f"drop the part after {where} in {'.'.join(path)}")
         node = child
     node[path[-1]] = value
 

@@ -117,6 +117,26 @@ class EpochSampler(Sampler[int]):
         return iter(torch.randperm(self.n, generator=g).tolist())
 
 
+def make_datasets(cfg: Config, splits: Splits) -> tuple[SumDataset, SumDataset, SumDataset]:
+    """train / val / test datasets: train numbers follow train.seed, val and test pairs data.split_seed."""
+    return (SumDataset(*splits["train"], "train", cfg.train.seed),
+            SumDataset(*splits["val"], "val", cfg.data.split_seed),
+            SumDataset(*splits["test"], "test", cfg.data.split_seed))
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Set the epoch of the order (sampler) and of the numbers (dataset).
+
+    Accelerate's prepared loader forwards `set_epoch` to the dataset only when the sampler has none,
+    so both are set here. Worker processes are started anew each epoch and copy the new value.
+    """
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch)
+    else:
+        loader.batch_sampler.sampler.set_epoch(epoch)
+    loader.dataset.set_epoch(epoch)
+
+
 def keep_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """collate_fn: `__getitems__` already returns a batch (module-level so worker processes can pickle it)."""
     return batch

@@ -107,7 +107,7 @@ def _hf_splits(spec: str):
 
 
 def _hf_to_tensors(ds, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    if set(ds.column_names) < {"image", "label"}:
+    if not {"image", "label"} <= set(ds.column_names):
         raise UsageError(f"{split} split has columns {ds.column_names}, expected 'image' and 'label'",
                          "use a dataset in the ylecun/mnist schema")
     # Decoding 70k PNGs is the slow part (seconds); it happens once per run, on the main process first.

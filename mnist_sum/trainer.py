@@ -8,6 +8,7 @@ those weights, and write the results.
 from __future__ import annotations
 
 import math
+import os
 import platform
 import sys
 import time
@@ -23,7 +24,7 @@ from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, set
 from tqdm.auto import tqdm
 
 from mnist_sum.config import Config
-from mnist_sum.data import SumDataset, load_splits, make_loader
+from mnist_sum.data import load_splits, make_datasets, make_loader, set_epoch
 from mnist_sum.errors import UsageError
 from mnist_sum.evaluate import metrics, predict
 from mnist_sum.files import write_json, write_text
@@ -73,6 +74,34 @@ def _make_run_dir(cfg: Config, config_name: str) -> str:
     return str(run_dir.resolve())
 
 
+def make_accelerator() -> Accelerator:
+    # split_batches: loaders yield *global* batches and each process takes its slice, so the number of
+    # steps per epoch and the LR schedule are the same for any number of processes.
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    # `accelerate launch --multi_gpu` on a machine without GPUs would start independent single-process
+    # runs; asking for the CPU makes them one data-parallel job over gloo instead.
+    cpu = world > 1 and not torch.cuda.is_available()
+    accelerator = Accelerator(cpu=cpu, dataloader_config=DataLoaderConfiguration(split_batches=True))
+    if accelerator.num_processes != world:
+        raise UsageError(f"launched {world} processes but Accelerate formed a group of {accelerator.num_processes}",
+                         "check the accelerate launch flags (--multi_gpu, --num_processes, --num_machines)")
+    return accelerator
+
+
+def average_buffers(model: torch.nn.Module, accelerator: Accelerator) -> None:
+    """Average BatchNorm running statistics over processes.
+
+    Each process updates them from its own slice of the batch (DDP only copies rank 0's at the start of
+    each forward), so without this every rank would evaluate a slightly different model, and the saved
+    weights would not be the ones that scored half the test set.
+    """
+    if accelerator.num_processes == 1:
+        return
+    for buffer in model.buffers():
+        if buffer.is_floating_point():
+            buffer.copy_(accelerator.reduce(buffer.detach().clone(), reduction="mean"))
+
+
 def _check_world(cfg: Config, world: int) -> None:
     for key in ("global_batch_size", "eval_batch_size"):
         size = getattr(cfg.train, key)
@@ -83,9 +112,10 @@ def _check_world(cfg: Config, world: int) -> None:
 
 def _environment(accelerator: Accelerator) -> dict[str, Any]:
     device = accelerator.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     return {
         "world_size": accelerator.num_processes,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device.type} ({platform.processor() or platform.machine()})",
+        "device": f"{device.type} ({name})",
         "mixed_precision": accelerator.mixed_precision,
         "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "accelerate": accelerate.__version__},
     }
@@ -94,9 +124,7 @@ def _environment(accelerator: Accelerator) -> dict[str, Any]:
 def train(cfg: Config, config_name: str = "default") -> dict[str, Any]:
     """Train, select on val, score test once; returns the results written to results.json."""
     started = time.perf_counter()
-    # split_batches: loaders yield *global* batches and each process takes its slice, so the number of
-    # steps per epoch and the LR schedule are the same for any number of processes.
-    accelerator = Accelerator(dataloader_config=DataLoaderConfiguration(split_batches=True))
+    accelerator = make_accelerator()
     _check_world(cfg, accelerator.num_processes)
     run_dir = Path(_main_decides(accelerator, lambda: _make_run_dir(cfg, config_name)))
     accelerator.print(f"mnist-sum: run folder {run_dir}")
@@ -107,9 +135,7 @@ def train(cfg: Config, config_name: str = "default") -> dict[str, Any]:
     # ---- data: decoded once on the main process first (it may download or build a cache)
     with accelerator.main_process_first():
         splits = load_splits(cfg)
-    train_set = SumDataset(*splits["train"], "train", cfg.train.seed)
-    val_set = SumDataset(*splits["val"], "val", cfg.data.split_seed)
-    test_set = SumDataset(*splits["test"], "test", cfg.data.split_seed)
+    train_set, val_set, test_set = make_datasets(cfg, splits)
     steps_per_epoch = len(train_set) // cfg.train.global_batch_size
     if steps_per_epoch == 0:
         raise UsageError(f"{len(train_set)} training images make no batch of {cfg.train.global_batch_size}",
@@ -143,7 +169,7 @@ def train(cfg: Config, config_name: str = "default") -> dict[str, Any]:
     best_state: dict[str, torch.Tensor] = {}
     train_started = time.perf_counter()
     for epoch in range(cfg.train.epochs):
-        train_loader.set_epoch(epoch)
+        set_epoch(train_loader, epoch)
         model.train()
         window = _Window(accelerator.device)
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
@@ -167,6 +193,7 @@ def train(cfg: Config, config_name: str = "default") -> dict[str, Any]:
                 bar.set_postfix(loss=f"{logged['train/loss']:.4f}")
 
         # ---- validate; keep the best weights in memory (model selection on val only)
+        average_buffers(net, accelerator)
         val = metrics(predict(net, val_loader, accelerator))
         tracker.log({f"val/{k}": v for k, v in val.items()} | {"epoch": epoch + 1}, step)
         better = not best_val or (val["joint_acc"], -val["loss"]) > (best_val["joint_acc"], -best_val["loss"])

@@ -1,0 +1,49 @@
+"""Shared test helpers: the real MNIST splits (loaded once) and a runner for `accelerate launch`."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    from mnist_sum.sources import load_idx
+
+    return load_idx(ROOT / "data" / "mnist")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(WANDB_MODE="offline", WANDB_SILENT="true", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+def launch(args: list[str], num_processes: int = 1, timeout: int = 300, extra: list[str] = (),
+           cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """`accelerate launch` on the CPU with `num_processes` processes (gloo), from the project root."""
+    # --multi_gpu starts one process per rank; on a machine without GPUs they run on the CPU over gloo.
+    mode = "--multi_gpu" if num_processes > 1 else "--cpu"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", mode, "--num_machines", "1",
+           "--num_processes", str(num_processes), "--main_process_port", str(free_port()),
+           "--mixed_precision", "no", "--dynamo_backend", "no", *extra, *args]
+    return subprocess.run(cmd, cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def run_python(args: list[str], timeout: int = 120, cwd: Path = ROOT,
+               extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=child_env() | (extra_env or {}), capture_output=True,
+                          text=True, timeout=timeout)

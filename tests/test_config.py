@@ -1,0 +1,116 @@
+"""Config: defaults, YAML files, dotted overrides, and one-line errors for every kind of mistake."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from conftest import ROOT, run_python
+
+from mnist_sum.config import Config, load_config, parse_override
+from mnist_sum.errors import UsageError
+
+
+def test_default_yaml_spells_out_the_dataclass_defaults():
+    # configs/default.yaml is the documented recipe; the dataclass defaults must be the same recipe.
+    assert load_config(ROOT / "configs" / "default.yaml").to_dict() == Config().to_dict()
+
+
+@pytest.mark.parametrize("name", ["default", "quick", "smoke"])
+def test_shipped_configs_load(name):
+    cfg = load_config(ROOT / "configs" / f"{name}.yaml")
+    assert cfg.train.epochs >= 1
+
+
+def test_overrides_parse_yaml_values_and_apply_last():
+    cfg = load_config(ROOT / "configs" / "smoke.yaml",
+                      ["optim.lr=3e-3", "model.channels=[4, 8]", "model.channels_last=false", "run.name=abc",
+                       "train.epochs=2", "train.epochs=3"])
+    assert cfg.optim.lr == 0.003 and isinstance(cfg.optim.lr, float)
+    assert cfg.model.channels == [4, 8]
+    assert cfg.model.channels_last is False
+    assert cfg.run.name == "abc"
+    assert cfg.train.epochs == 3
+    assert cfg.data.train_limit == 8192  # from the file, untouched
+
+
+def test_int_is_accepted_where_a_float_is_expected():
+    assert load_config(None, ["optim.lr=1"]).optim.lr == 1.0
+
+
+def test_parse_override_keeps_non_yaml_text():
+    assert parse_override("run.name=a: b: c") == (["run", "name"], "a: b: c")
+
+
+def _error(overrides=(), path=None) -> str:
+    with pytest.raises(UsageError) as info:
+        load_config(path, overrides)
+    line = info.value.line()
+    assert line.startswith("mnist-sum: error: ") and "\n" not in line
+    return line
+
+
+def test_unknown_key_suggests_the_closest():
+    assert "did you mean optim.lr?" in _error(["optim.lrr=0.1"])
+    assert "did you mean train.epochs?" in _error(["train.epoch=3"])
+    assert "unknown config key 'nonsense'" in _error(["nonsense=1"])
+
+
+@pytest.mark.parametrize("override, words", [
+    ("train.epochs=two", "train.epochs must be an integer"),
+    ("train.epochs=2.5", "train.epochs must be an integer"),
+    ("train.epochs=true", "train.epochs must be an integer"),
+    ("optim.lr=fast", "optim.lr must be a number"),
+    ("model.channels=32", "model.channels must be a list of integers"),
+    ("model.channels=[32, x]", "model.channels must be a list of integers"),
+    ("optim.schedule=linear", "optim.schedule must be one of 'onecycle', 'cosine', 'constant'"),
+    ("model.channels_last=yes please", "model.channels_last must be true or false"),
+    ("optim=1", "optim must be a section of keys"),
+    ("optim.lr.x=1", "optim.lr must be a number"),
+])
+def test_wrong_types_are_named(override, words):
+    assert words in _error([override])
+
+
+@pytest.mark.parametrize("override, words", [
+    ("optim.lr=0", "optim.lr must be > 0"),
+    ("optim.lr=-1", "optim.lr must be > 0"),
+    ("train.epochs=0", "train.epochs must be >= 1"),
+    ("train.global_batch_size=0", "train.global_batch_size must be >= 1"),
+    ("data.val_size=60000", "data.val_size must be < 60000"),
+    ("model.dropout=1.5", "model.dropout must be in [0, 1)"),
+    ("model.channels=[]", "model.channels must be a non-empty list"),
+])
+def test_out_of_range_values_are_refused(override, words):
+    assert words in _error([override])
+
+
+@pytest.mark.parametrize("text", ["noequals", "=3", "a..b=1"])
+def test_malformed_override(text):
+    assert "cannot read override" in _error([text])
+
+
+def test_missing_and_broken_yaml(tmp_path):
+    assert "not found" in _error(path=tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: [1,\n")
+    assert "is not valid YAML" in _error(path=bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    assert "must hold sections" in _error(path=listy)
+
+
+def test_resolved_config_round_trips_through_yaml():
+    cfg = load_config(ROOT / "configs" / "quick.yaml")
+    tree = yaml.safe_load(yaml.safe_dump(cfg.to_dict()))
+    flat = [f"{s}.{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+            for s, keys in tree.items() for k, v in keys.items()]
+    assert load_config(None, flat) == cfg
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path):
+    result = run_python(["train.py", "--config", "configs/smoke.yaml", "optim.lrr=1", f"run.dir={tmp_path}/r"])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "mnist-sum: error: unknown config key 'optim.lrr' (did you mean optim.lr?)"]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "r").exists()  # nothing was created for a run that never started

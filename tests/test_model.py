@@ -1,0 +1,82 @@
+"""Model: shapes, the loss, the sum head's ability to add, and saved weights that rebuild the network."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mnist_sum.config import ModelConfig
+from mnist_sum.errors import UsageError
+from mnist_sum.model import NUM_SUMS, build_model, sum_loss
+from mnist_sum.outputs import load_weights, save_weights
+
+
+def _batch(n=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8),
+            torch.randint(0, 10, (n,), generator=g), torch.randint(0, 10, (n,), generator=g))
+
+
+@pytest.mark.parametrize("channels", [[8], [8, 16], [8, 16, 32], [4, 8, 16, 32]])
+def test_two_heads_have_the_right_shapes(channels):
+    model = build_model(ModelConfig(channels=channels, sum_hidden=16)).eval()
+    images, labels, numbers = _batch()
+    digits, sums = model(images, numbers)
+    assert digits.shape == (16, 10) and sums.shape == (16, NUM_SUMS)
+    assert torch.isfinite(digits).all() and torch.isfinite(sums).all()
+
+
+def test_loss_is_the_mean_of_the_two_cross_entropies():
+    digits, sums = torch.randn(8, 10), torch.randn(8, NUM_SUMS)
+    labels, numbers = torch.randint(0, 10, (8,)), torch.randint(0, 10, (8,))
+    total, digit, add = sum_loss(digits, sums, labels, numbers)
+    assert torch.allclose(digit, F.cross_entropy(digits, labels))
+    assert torch.allclose(add, F.cross_entropy(sums, labels + numbers))
+    assert torch.allclose(total, (digit + add) / 2)
+
+
+def test_channels_last_changes_layout_not_results():
+    torch.manual_seed(0)
+    a = build_model(ModelConfig(channels=[8, 16], channels_last=True)).eval()
+    b = build_model(ModelConfig(channels=[8, 16], channels_last=False)).eval()
+    b.load_state_dict(a.state_dict())
+    images, _, numbers = _batch()
+    for x, y in zip(a(images, numbers), b(images, numbers)):
+        assert torch.allclose(x, y, atol=1e-5)
+
+
+def test_sum_head_learns_addition_from_a_digit_distribution():
+    # Given confident digit logits, the sum head alone must learn all 100 (digit, number) sums.
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(channels=[4], sum_hidden=64))
+    opt = torch.optim.Adam(model.sum_head.parameters(), lr=1e-2)
+    digits, numbers = torch.arange(10).repeat_interleave(10), torch.arange(10).repeat(10)
+    logits = F.one_hot(digits, 10).float() * 8
+    for _ in range(300):
+        loss = F.cross_entropy(model.sum_logits(logits, numbers), digits + numbers)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert (model.sum_logits(logits, numbers).argmax(-1) == digits + numbers).all()
+
+
+def test_saved_weights_rebuild_the_same_network(tmp_path):
+    cfg = ModelConfig(channels=[8, 16], sum_hidden=24, dropout=0.0)
+    model = build_model(cfg).eval()
+    save_weights(tmp_path / "model.safetensors", model, cfg)
+    loaded = load_weights(tmp_path / "model.safetensors")
+    images, _, numbers = _batch()
+    for x, y in zip(model(images, numbers), loaded(images, numbers)):
+        assert torch.equal(x, y)
+
+
+def test_damaged_weights_are_refused(tmp_path):
+    cfg = ModelConfig(channels=[8])
+    path = tmp_path / "model.safetensors"
+    save_weights(path, build_model(cfg), cfg)
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(UsageError, match="not a readable mnist-sum weights file"):
+        load_weights(path)
+    with pytest.raises(UsageError, match="not found"):
+        load_weights(tmp_path / "missing.safetensors")

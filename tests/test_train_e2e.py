@@ -1,0 +1,135 @@
+"""Real end-to-end runs of train.py through `accelerate launch`, on 1 and 2 CPU processes (gloo)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, child_env, free_port, launch, run_python
+
+from mnist_sum.data import pair_numbers
+from mnist_sum.outputs import load_weights
+
+
+def _read_csv(path):
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    return {k: torch.tensor([int(r[k]) for r in rows]) for k in rows[0]}
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("e2e") / "two"
+    result = launch(["train.py", "--config", "configs/smoke.yaml", f"run.dir={run_dir}"], num_processes=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, result
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("e2e") / "one"
+    result = run_python(["train.py", "--config", "configs/smoke.yaml", f"run.dir={run_dir}"])  # plain, no launcher
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, result
+
+
+def test_two_process_run_writes_complete_results(two_process_run, mnist):
+    run_dir, result = two_process_run
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "config.yaml", "metrics.jsonl", "model.safetensors", "results.json", "test_predictions.csv"]
+    assert result.stdout.count("mnist-sum: run folder") == 1  # only the main process talks
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["world_size"] == 2
+    test = results["test"]
+    assert test["num_samples"] == 10000 and test["num_exhaustive_pairs"] == 100000
+    assert 0.3 < test["digit_acc"] <= 1.0  # the smoke run learns something, far from chance (0.1)
+
+    preds = _read_csv(run_dir / "test_predictions.csv")
+    assert preds["index"].tolist() == list(range(10000))  # every test image exactly once
+    assert torch.equal(preds["label"], mnist["test"][1])
+    assert torch.equal(preds["number"], pair_numbers(0, "test", 0, preds["index"]))
+    # results.json agrees with the per-sample predictions it came from
+    digit_ok = preds["pred_digit"] == preds["label"]
+    sum_ok = preds["pred_sum"] == preds["label"] + preds["number"]
+    assert test["digit_acc"] == pytest.approx(digit_ok.double().mean().item())
+    assert test["sum_acc"] == pytest.approx(sum_ok.double().mean().item())
+    assert test["joint_acc"] == pytest.approx((digit_ok & sum_ok).double().mean().item())
+
+
+def test_saved_weights_reproduce_the_test_predictions(two_process_run, mnist):
+    run_dir, _ = two_process_run
+    model = load_weights(run_dir / "model.safetensors")
+    preds = _read_csv(run_dir / "test_predictions.csv")
+    with torch.no_grad():
+        digits, sums = model(mnist["test"][0], preds["number"])
+    assert (digits.argmax(-1) == preds["pred_digit"]).double().mean() > 0.999
+    assert (sums.argmax(-1) == preds["pred_sum"]).double().mean() > 0.999
+
+
+def test_metrics_log_counts_steps_and_val(two_process_run):
+    run_dir, _ = two_process_run
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [x for x in lines if "train/loss" in x]
+    assert [x["step"] for x in train] == list(range(8, 129, 8))  # smoke: 8192 / 64 = 128 steps, log_every 8
+    assert all(x["train/samples_per_s"] > 0 for x in train)
+    lrs = [x["train/lr"] for x in train]  # one-cycle: warm up to the peak (0.003), then anneal to 0
+    peak = lrs.index(max(lrs))
+    assert 0 < peak < len(lrs) - 1 and max(lrs) == pytest.approx(0.003, rel=0.2) and lrs[-1] < 1e-6
+    assert train[-1]["train/loss"] < train[0]["train/loss"]
+    val = [x for x in lines if "val/digit_acc" in x]
+    assert len(val) == 1 and val[0]["val/num_samples"] == 1000
+    assert any(x.get("test/num_samples") == 10000 for x in lines)
+
+
+def test_one_and_two_processes_score_the_same_pairs(one_process_run, two_process_run):
+    one, two = _read_csv(one_process_run[0] / "test_predictions.csv"), _read_csv(two_process_run[0] / "test_predictions.csv")
+    assert torch.equal(one["index"], two["index"]) and torch.equal(one["number"], two["number"])
+    assert json.loads((one_process_run[0] / "results.json").read_text())["world_size"] == 1
+
+
+def test_train_batches_are_identical_with_1_and_2_processes(tmp_path):
+    overrides = ["data.train_limit=1000", "train.global_batch_size=64", "train.seed=3"]
+    dumps = {}
+    for n in (1, 2):
+        out = tmp_path / f"batches{n}.json"
+        result = launch(["tests/dump_train_batches.py", str(out), *overrides], num_processes=n)
+        assert result.returncode == 0, result.stderr[-3000:]
+        dumps[n] = json.loads(out.read_text())
+    assert dumps[1]["world_size"] == 1 and dumps[2]["world_size"] == 2
+    assert dumps[1]["epochs"] == dumps[2]["epochs"]  # same global batches, same order, same numbers
+    epoch0 = [pair for batch in dumps[1]["epochs"][0] for pair in batch]
+    assert len(epoch0) == 1000 // 64 * 64 and len({i for i, _ in epoch0}) == len(epoch0)
+    assert all(n == pair_numbers(3, "train", 0, [i]).item() for i, n in epoch0)
+    assert dumps[1]["epochs"][0] != dumps[1]["epochs"][1]  # a new order and new numbers each epoch
+
+
+def test_existing_run_folder_is_never_overwritten(one_process_run):
+    run_dir, _ = one_process_run
+    before = (run_dir / "results.json").read_bytes()
+    result = run_python(["train.py", "--config", "configs/smoke.yaml", f"run.dir={run_dir}"])
+    assert result.returncode == 2
+    assert "already exists and is not empty" in result.stderr
+    assert (run_dir / "results.json").read_bytes() == before
+
+
+def test_batch_size_that_does_not_split_is_refused(tmp_path):
+    result = launch(["train.py", "--config", "configs/smoke.yaml", "train.global_batch_size=63",
+                     f"run.dir={tmp_path / 'r'}"], num_processes=2)
+    assert result.returncode != 0
+    assert "mnist-sum: error: train.global_batch_size=63 does not split over 2 processes" in result.stderr
+
+
+def test_accelerate_config_file_launches(tmp_path):
+    # Exactly the README's command: the config file alone decides processes and precision (bf16).
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "accelerate_config.yaml"),
+           "--main_process_port", str(free_port()), "train.py", "--config", "configs/smoke.yaml",
+           f"run.dir={tmp_path / 'r'}"]
+    result = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert results["mixed_precision"] == "bf16" and results["world_size"] == 1
+    assert results["test"]["num_samples"] == 10000 and results["test"]["digit_acc"] > 0.3
