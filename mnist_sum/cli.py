@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mnist_sum.errors import UsageError
+from mnist_sum.errors import Stopped, UsageError
 from mnist_sum.sources import PROJECT_ROOT
 
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.yaml"
@@ -25,6 +25,10 @@ def run_cli(main: Callable[[], object], debug: bool) -> int:
         if os.environ.get("RANK", "0") == "0":
             print(err.line(), file=sys.stderr)
         return 2
+    except Stopped as stop:
+        if os.environ.get("RANK", "0") == "0":
+            print(stop, file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print("mnist-sum: interrupted", file=sys.stderr)
         return 130
@@ -38,7 +42,11 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         "several processes or mixed precision).",
         epilog="example: accelerate launch train.py --config configs/quick.yaml optim.lr=0.004 train.epochs=3",
     )
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config file (default: %(default)s)")
+    parser.add_argument("--config", help=f"YAML config file (default: {DEFAULT_CONFIG.relative_to(PROJECT_ROOT)}, or "
+                        "the run folder's config.yaml when resuming)")
+    parser.add_argument("--resume", metavar="auto|PATH",
+                        help="auto: continue the run folder (run.dir / run.name) from its newest whole checkpoint, or "
+                        "start it if it has none; PATH: continue from that step_* checkpoint folder")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="override config values")
     args = parser.parse_args(argv)
@@ -46,9 +54,16 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     def main() -> None:
         # Imported late so `--help` and config errors answer without loading torch and Accelerate.
         from mnist_sum.config import load_config
+        from mnist_sum.runs import run_dir_for
         from mnist_sum.trainer import train
 
-        cfg = load_config(args.config, args.overrides)
-        train(cfg, config_name=Path(args.config).stem)
+        config_path = Path(args.config or DEFAULT_CONFIG)
+        cfg = load_config(config_path, args.overrides)
+        if args.resume and args.config is None:
+            # Resuming without --config: the run's own resolved config is the base the overrides apply to.
+            run_dir = run_dir_for(cfg, config_path.stem) if args.resume == "auto" else Path(args.resume).parent
+            if (run_dir / "config.yaml").is_file():
+                cfg = load_config(run_dir / "config.yaml", args.overrides)
+        train(cfg, config_name=config_path.stem, resume=args.resume)
 
     return run_cli(main, args.debug)

@@ -121,6 +121,20 @@ class TrainConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    every_steps: int = 0
+    """Also checkpoint every N optimizer steps (0 = only at epoch ends); a SIGTERM/SIGINT always saves one."""
+    every_epoch: bool = True
+    """Checkpoint at the end of each epoch, after validation."""
+    keep_last: int = 2
+    """Keep the newest N whole checkpoints (at least 1)."""
+
+    def __post_init__(self) -> None:
+        _check(self.every_steps >= 0, f"checkpoint.every_steps must be >= 0, got {self.every_steps}", "0 turns it off")
+        _check(self.keep_last >= 1, f"checkpoint.keep_last must be >= 1, got {self.keep_last}", "e.g. 2")
+
+
+@dataclass
 class RunConfig:
     name: str = ""
     """Run name; empty = <config name>-<date>-<time>."""
@@ -134,6 +148,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:

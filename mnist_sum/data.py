@@ -150,4 +150,7 @@ def make_loader(dataset: SumDataset, batch_size: int, seed: int, train: bool, nu
     """
     sampler = EpochSampler(len(dataset), seed, shuffle=train)
     batches = BatchSampler(sampler, batch_size, drop_last=train)
-    return DataLoader(dataset, batch_sampler=batches, collate_fn=keep_batch, num_workers=num_workers)
+    # Each new iterator draws a base seed for its workers; from its own generator, so it never advances the
+    # global RNG (dropout), which must match an uninterrupted run after a resume.
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=keep_batch, num_workers=num_workers, generator=generator)

@@ -14,3 +14,11 @@ class UsageError(Exception):
     def line(self) -> str:
         fix = f" ({self.fix})" if self.fix else ""
         return f"mnist-sum: error: {self.what}{fix}"
+
+
+class Stopped(Exception):
+    """The run was asked to stop (SIGTERM/SIGINT) and saved a checkpoint to resume from."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

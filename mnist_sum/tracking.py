@@ -17,7 +17,10 @@ class Tracker:
     def __init__(self, accelerator: Accelerator, run_dir: Path) -> None:
         self.accelerator = accelerator
         self.enabled = accelerator.is_main_process
-        self._file = open(run_dir / "metrics.jsonl", "a") if self.enabled else None  # noqa: SIM115 (closed in close())
+        path = run_dir / "metrics.jsonl"
+        # Appending: a resumed run continues the file (cut back to the checkpoint's line count beforehand).
+        self.lines = len(path.read_text().splitlines()) if self.enabled and path.exists() else 0
+        self._file = open(path, "a") if self.enabled else None  # noqa: SIM115 (closed in close())
 
     def log(self, values: dict[str, Any], step: int) -> None:
         """One JSON line per call: {"step": N, key: value, ...}; flushed so a crash keeps every line written."""
@@ -25,6 +28,7 @@ class Tracker:
             return
         self._file.write(json.dumps({"step": step, **values}) + "\n")
         self._file.flush()
+        self.lines += 1
 
     def close(self) -> None:
         if self._file is not None:

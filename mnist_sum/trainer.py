@@ -1,18 +1,17 @@
 """The training loop, readable top to bottom.
 
-setup (Accelerator, run folder, data, model) -> for each epoch: train steps (forward, backward,
-step, schedule, log) -> validate -> keep the best-val weights; then score the test split once, on
-those weights, and write the results.
+setup (Accelerator, run folder, data, model, resume) -> for each epoch: train steps (forward, backward,
+step, schedule, log, checkpoint) -> validate -> keep the best-val weights -> checkpoint; then score the
+test split once, on those weights, and write the results.
 """
 
 from __future__ import annotations
 
+import json
 import math
-import os
 import platform
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +19,19 @@ import accelerate
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, set_seed
+from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
+from mnist_sum.checkpoint import load_best, save_checkpoint
 from mnist_sum.config import Config
 from mnist_sum.data import load_splits, make_datasets, make_loader, set_epoch
-from mnist_sum.errors import UsageError
+from mnist_sum.distributed import StopRequest, average_buffers, check_world, main_decides, make_accelerator
+from mnist_sum.errors import Stopped, UsageError
 from mnist_sum.evaluate import metrics, predict
 from mnist_sum.files import write_json, write_text
 from mnist_sum.model import build_model, sum_loss
 from mnist_sum.outputs import save_predictions, save_weights
+from mnist_sum.runs import open_run
 from mnist_sum.tracking import Tracker
 
 
@@ -44,72 +46,6 @@ def lr_factor(step: int, total_steps: int, schedule: str, warmup_fraction: float
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _main_decides(accelerator: Accelerator, decide):
-    """Run `decide()` on the main process and share its answer (or its UsageError) with every process,
-    so all ranks stop together instead of some waiting forever in a collective."""
-    box: list[Any] = [None]
-    if accelerator.is_main_process:
-        try:
-            box[0] = ("ok", decide())
-        except UsageError as err:
-            box[0] = ("error", (err.what, err.fix))
-    if accelerator.num_processes > 1:
-        broadcast_object_list(box)
-    kind, value = box[0]
-    if kind == "error":
-        raise UsageError(*value)
-    return value
-
-
-def _make_run_dir(cfg: Config, config_name: str) -> str:
-    name = cfg.run.name or f"{config_name}-{datetime.now():%Y%m%d-%H%M%S}"
-    run_dir = Path(cfg.run.dir or Path("runs") / name)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise UsageError(f"run folder {str(run_dir)!r} already exists and is not empty",
-                         "choose another run.dir or run.name, or delete the old folder")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UsageError(f"cannot create run folder {str(run_dir)!r}: {err.strerror}", "choose a writable run.dir") from None
-    return str(run_dir.resolve())
-
-
-def make_accelerator() -> Accelerator:
-    # split_batches: loaders yield *global* batches and each process takes its slice, so the number of
-    # steps per epoch and the LR schedule are the same for any number of processes.
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    # `accelerate launch --multi_gpu` on a machine without GPUs would start independent single-process
-    # runs; asking for the CPU makes them one data-parallel job over gloo instead.
-    cpu = world > 1 and not torch.cuda.is_available()
-    accelerator = Accelerator(cpu=cpu, dataloader_config=DataLoaderConfiguration(split_batches=True))
-    if accelerator.num_processes != world:
-        raise UsageError(f"launched {world} processes but Accelerate formed a group of {accelerator.num_processes}",
-                         "check the accelerate launch flags (--multi_gpu, --num_processes, --num_machines)")
-    return accelerator
-
-
-def average_buffers(model: torch.nn.Module, accelerator: Accelerator) -> None:
-    """Average BatchNorm running statistics over processes.
-
-    Each process updates them from its own slice of the batch (DDP only copies rank 0's at the start of
-    each forward), so without this every rank would evaluate a slightly different model, and the saved
-    weights would not be the ones that scored half the test set.
-    """
-    if accelerator.num_processes == 1:
-        return
-    for buffer in model.buffers():
-        if buffer.is_floating_point():
-            buffer.copy_(accelerator.reduce(buffer.detach().clone(), reduction="mean"))
-
-
-def _check_world(cfg: Config, world: int) -> None:
-    for key in ("global_batch_size", "eval_batch_size"):
-        size = getattr(cfg.train, key)
-        if size % world:
-            raise UsageError(f"train.{key}={size} does not split over {world} processes",
-                             f"use a multiple of {world}")
-
-
 def _environment(accelerator: Accelerator) -> dict[str, Any]:
     device = accelerator.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
@@ -121,13 +57,17 @@ def _environment(accelerator: Accelerator) -> dict[str, Any]:
     }
 
 
-def train(cfg: Config, config_name: str = "default") -> dict[str, Any]:
-    """Train, select on val, score test once; returns the results written to results.json."""
+def train(cfg: Config, config_name: str = "default", resume: str | None = None) -> dict[str, Any]:
+    """Train, select on val, score test once; returns the results written to results.json.
+
+    `resume`: None (a new run folder), "auto" (the newest whole checkpoint of the run folder, if any) or
+    the path of a step_* folder. SIGTERM/SIGINT saves a checkpoint and raises `Stopped`."""
     started = time.perf_counter()
     accelerator = make_accelerator()
-    _check_world(cfg, accelerator.num_processes)
-    run_dir = Path(_main_decides(accelerator, lambda: _make_run_dir(cfg, config_name)))
-    accelerator.print(f"mnist-sum: run folder {run_dir}")
+    check_world(cfg, accelerator.num_processes)
+    run_dir, checkpoint = main_decides(accelerator, lambda: open_run(cfg, config_name, resume))
+    run_dir = Path(run_dir)
+    accelerator.print(f"mnist-sum: run folder {run_dir}" + (f", resuming from {Path(checkpoint).name}" if checkpoint else ""))
     if accelerator.is_main_process:
         write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     set_seed(cfg.train.seed)  # same initial weights on every process
@@ -156,24 +96,48 @@ def train(cfg: Config, config_name: str = "default") -> dict[str, Any]:
         model, optimizer, train_loader, val_loader, test_loader, scheduler
     )
     net = accelerator.unwrap_model(model)
+
+    # ---- where the loop starts: fresh, or exactly where a checkpoint left off
+    step, epoch, batches_done, best_val, best_state, meta = 0, 0, 0, {}, {}, {}
+    if checkpoint:
+        accelerator.load_state(checkpoint)  # model, optimizer, schedule, grad scaler, this process's RNG
+        meta = json.loads((Path(checkpoint) / "meta.json").read_text())
+        step, epoch, batches_done, best_val = meta["step"], meta["epoch"], meta["batches_done"], meta["best_val"]
+        best_state = load_best(Path(checkpoint))
+        if meta["world_size"] != accelerator.num_processes:
+            accelerator.print(f"mnist-sum: note: the checkpoint was written by {meta['world_size']} process(es); the "
+                              "global batches continue in the same order, but dropout draws differ, so the result is "
+                              "not bit-identical to an uninterrupted run")
     tracker = Tracker(accelerator, run_dir)
+    stop = StopRequest(accelerator)
+    elapsed_before = meta.get("train_time_s", 0.0)
     accelerator.print(
         f"mnist-sum: {len(train_set)} train / {len(val_set)} val / {len(test_set)} test images, "
         f"{accelerator.num_processes} process(es) on {accelerator.device}, mixed precision {accelerator.mixed_precision}, "
         f"{cfg.train.epochs} epochs x {steps_per_epoch} steps of {cfg.train.global_batch_size}"
     )
 
-    # ---- the loop
-    step = 0
-    best_val: dict[str, Any] = {}
-    best_state: dict[str, torch.Tensor] = {}
     train_started = time.perf_counter()
-    for epoch in range(cfg.train.epochs):
+
+    def save(window: _Window, epoch_done: bool) -> Path:
+        """Checkpoint the exact loop position: mid-epoch (batches_done of epoch) or after an epoch's validation."""
+        if window.pending:  # log the partial window, so the resumed run's log has no gap
+            tracker.log(window.flush(accelerator, scheduler, step, steps_per_epoch), step)
+        position = {"epoch": epoch + 1, "batches_done": 0} if epoch_done else {"epoch": epoch, "batches_done": batches_done}
+        state = {**position, "best_val": best_val, "config": cfg.to_dict(), "config_name": config_name,
+                 "world_size": accelerator.num_processes, "metrics_lines": tracker.lines,
+                 "train_time_s": elapsed_before + time.perf_counter() - train_started}
+        return save_checkpoint(accelerator, run_dir, step, state, best_state, cfg.checkpoint.keep_last)
+
+    # ---- the loop
+    while epoch < cfg.train.epochs:
         set_epoch(train_loader, epoch)
         model.train()
         window = _Window(accelerator.device)
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
-                   disable=not accelerator.is_main_process)
+        # A resumed epoch skips the batches already trained on; the order itself is a function of (seed, epoch).
+        batches = accelerator.skip_first_batches(train_loader, batches_done) if batches_done else train_loader
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, initial=batches_done,
+                   total=steps_per_epoch, disable=not accelerator.is_main_process)
         for batch in bar:
             digit_logits, sum_logits = model(batch["image"], batch["number"])
             loss, digit_ce, sum_ce = sum_loss(digit_logits, sum_logits, batch["label"], batch["number"],
@@ -185,12 +149,22 @@ def train(cfg: Config, config_name: str = "default") -> dict[str, Any]:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            batches_done += 1
             window.add(digit_logits, sum_logits, batch, digit_ce, sum_ce)
-            if step % cfg.train.log_every == 0 or step % steps_per_epoch == 0:
-                logged = window.flush(accelerator)
-                logged.update({"train/lr": scheduler.get_last_lr()[0], "epoch": step / steps_per_epoch})
+            if step % cfg.train.log_every == 0 or batches_done == steps_per_epoch:
+                logged = window.flush(accelerator, scheduler, step, steps_per_epoch)
                 tracker.log(logged, step)
                 bar.set_postfix(loss=f"{logged['train/loss']:.4f}")
+            if stop.agreed():
+                bar.close()
+                path = save(window, epoch_done=False)
+                tracker.close()
+                accelerator.end_training()
+                raise Stopped(f"mnist-sum: stopped at step {step}, checkpoint {path.name} saved; continue with "
+                              f"--resume auto run.dir={run_dir}", stop.exit_code())
+            if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0 and batches_done < steps_per_epoch:
+                save(window, epoch_done=False)
+        bar.close()
 
         # ---- validate; keep the best weights in memory (model selection on val only)
         average_buffers(net, accelerator)
@@ -204,7 +178,11 @@ def train(cfg: Config, config_name: str = "default") -> dict[str, Any]:
             f"epoch {epoch + 1}/{cfg.train.epochs}: val digit {val['digit_acc']:.2%} sum {val['sum_acc']:.2%} "
             f"loss {val['loss']:.4f}{'  (best)' if better else ''}  [{time.perf_counter() - train_started:.0f}s]"
         )
-    train_time = time.perf_counter() - train_started
+        if cfg.checkpoint.every_epoch or epoch + 1 == cfg.train.epochs:
+            save(window, epoch_done=True)  # the last epoch always: a crash during the test resumes straight into it
+        epoch, batches_done = epoch + 1, 0
+    stop.restore()
+    train_time = elapsed_before + time.perf_counter() - train_started
 
     # ---- test, once, on the best-val weights
     net.load_state_dict(best_state)
@@ -212,12 +190,13 @@ def train(cfg: Config, config_name: str = "default") -> dict[str, Any]:
     test = metrics(rows)
     tracker.log({f"test/{k}": v for k, v in test.items()}, step)
     results = {
-        "config": config_name,
+        "config": meta.get("config_name", config_name),
         "test": test,
         "best_val": best_val,
         "steps": step,
         "epochs": cfg.train.epochs,
         "global_batch_size": cfg.train.global_batch_size,
+        "resumed_from": Path(checkpoint).name if checkpoint else None,
         "train_time_s": round(train_time, 2),
         "wall_time_s": round(time.perf_counter() - started, 2),
         **_environment(accelerator),
@@ -243,6 +222,7 @@ class _Window:
     def __init__(self, device: torch.device) -> None:
         self.sums = torch.zeros(5, device=device, dtype=torch.float64)  # digit CE, sum CE, digit ok, sum ok, n
         self.started = time.perf_counter()
+        self.pending = False
 
     def add(self, digit_logits, sum_logits, batch, digit_ce, sum_ce) -> None:
         n = len(batch["label"])
@@ -250,12 +230,14 @@ class _Window:
         sum_ok = (sum_logits.argmax(-1) == batch["label"] + batch["number"]).sum()
         self.sums += torch.stack([digit_ce.detach() * n, sum_ce.detach() * n, digit_ok, sum_ok,
                                   torch.tensor(n, device=self.sums.device)]).double()
+        self.pending = True
 
-    def flush(self, accelerator: Accelerator) -> dict[str, float]:
+    def flush(self, accelerator: Accelerator, scheduler, step: int, steps_per_epoch: int) -> dict[str, float]:
         digit_ce, sum_ce, digit_ok, sum_ok, n = accelerator.reduce(self.sums, reduction="sum").tolist()
         elapsed = time.perf_counter() - self.started
         self.sums.zero_()
         self.started = time.perf_counter()
+        self.pending = False
         return {
             "train/loss": (digit_ce + sum_ce) / (2 * n),
             "train/digit_loss": digit_ce / n,
@@ -263,5 +245,6 @@ class _Window:
             "train/digit_acc": digit_ok / n,
             "train/sum_acc": sum_ok / n,
             "train/samples_per_s": n / elapsed,
+            "train/lr": scheduler.get_last_lr()[0],
+            "epoch": step / steps_per_epoch,
         }
-

@@ -8,7 +8,7 @@ import torch
 
 from mnist_sum.config import load_config
 from mnist_sum.data import load_splits, make_datasets, make_loader, set_epoch
-from mnist_sum.trainer import make_accelerator
+from mnist_sum.distributed import make_accelerator
 
 out, *overrides = sys.argv[1:]
 cfg = load_config(None, overrides)

@@ -40,7 +40,7 @@ def one_process_run(tmp_path_factory):
 def test_two_process_run_writes_complete_results(two_process_run, mnist):
     run_dir, result = two_process_run
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "config.yaml", "metrics.jsonl", "model.safetensors", "results.json", "test_predictions.csv"]
+        "config.yaml", "metrics.jsonl", "model.safetensors", "results.json", "step_000128", "test_predictions.csv"]
     assert result.stdout.count("mnist-sum: run folder") == 1  # only the main process talks
     results = json.loads((run_dir / "results.json").read_text())
     assert results["world_size"] == 2

@@ -1,0 +1,131 @@
+"""Checkpoints: `step_NNNNNN/` folders in the run folder, written atomically, found and pruned by name.
+
+A checkpoint is Accelerate's `save_state` (model, optimizer, scheduler, grad scaler, every process's
+RNG states) plus `best.safetensors` (the best-val weights so far, which the final test needs) and
+`meta.json`, written last, holding the loop position and the SHA-256 of every other file. Everything
+is written into `.tmp_step_NNNNNN/` and renamed when complete, so a folder named `step_*` with a
+`meta.json` whose hashes match is a whole checkpoint, whatever happened during the save.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+
+from mnist_sum.errors import UsageError
+from mnist_sum.files import write_json
+
+META = "meta.json"
+BEST = "best.safetensors"
+_NAME = re.compile(r"^step_(\d+)$")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, meta: dict[str, Any],
+                    best_state: dict[str, torch.Tensor], keep_last: int) -> Path:
+    """Write step_NNNNNN/ atomically (every process takes part), then prune to `keep_last`."""
+    final = run_dir / f"step_{step:06d}"
+    tmp = run_dir / f".tmp_step_{step:06d}"
+    if final.exists():  # e.g. a stop requested right after resuming: that state is already on disk
+        return final
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a save that was killed
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))  # model and optimizer from the main process; each process's RNG
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_file({k: v.detach().cpu().contiguous() for k, v in best_state.items()}, str(tmp / BEST))
+        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        write_json(tmp / META, {**meta, "step": step, "files": files})
+        tmp.rename(final)
+        prune(run_dir, keep_last)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _numbered(run_dir: Path) -> list[tuple[int, Path]]:
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if p.is_dir() and (m := _NAME.match(p.name))]
+    return sorted(found)
+
+
+def check_checkpoint(path: Path) -> dict[str, Any]:
+    """Return the meta of a whole checkpoint, or raise ValueError saying what is wrong with it."""
+    try:
+        meta = json.loads((path / META).read_text())
+        files = meta["files"]
+    except FileNotFoundError:
+        raise ValueError(f"{META} is missing") from None
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+        raise ValueError(f"{META} is unreadable") from None
+    for name, digest in files.items():
+        file = path / name
+        if not file.is_file():
+            raise ValueError(f"{name} is missing")
+        if _sha256(file) != digest:
+            raise ValueError(f"{name} is damaged (checksum mismatch)")
+    return meta
+
+
+def prune(run_dir: Path, keep_last: int) -> None:
+    """Keep the newest `keep_last` whole checkpoints (at least one); delete older whole ones, and damaged
+    ones older than the newest whole one (nothing can resume from them)."""
+    numbered = _numbered(run_dir)
+    whole = [p for _, p in numbered if _is_whole(p)]
+    if not whole:
+        return
+    keep = set(whole[-max(1, keep_last):])
+    newest = numbered[[p for _, p in numbered].index(whole[-1])][0]
+    for number, path in numbered:
+        if path not in keep and (path in whole or number < newest):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _is_whole(path: Path) -> bool:
+    try:
+        check_checkpoint(path)
+        return True
+    except ValueError:
+        return False
+
+
+def find_latest(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest whole checkpoint in `run_dir`; damaged ones are skipped with a warning naming them."""
+    if not run_dir.is_dir():
+        return None
+    for _, path in reversed(_numbered(run_dir)):
+        try:
+            return path, check_checkpoint(path)
+        except ValueError as err:
+            warnings.warn(f"mnist-sum: skipping damaged checkpoint {path}: {err}", stacklevel=2)
+    return None
+
+
+def open_checkpoint(path: Path) -> dict[str, Any]:
+    """The meta of the checkpoint at `path` (for --resume PATH); a damaged one is an error."""
+    if not path.is_dir():
+        raise UsageError(f"checkpoint {str(path)!r} not found", "pass a step_NNNNNN folder of a run, or --resume auto")
+    try:
+        return check_checkpoint(path)
+    except ValueError as err:
+        raise UsageError(f"checkpoint {str(path)} is damaged: {err}",
+                         "resume from an older step_* folder, or use --resume auto to pick the newest whole one") from None
+
+
+def load_best(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / BEST))

@@ -1,0 +1,99 @@
+"""Process-group plumbing: the Accelerator, agreement between ranks, and graceful stop on signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, broadcast_object_list
+
+from mnist_sum.config import Config
+from mnist_sum.errors import UsageError
+
+T = TypeVar("T")
+
+
+def make_accelerator() -> Accelerator:
+    # split_batches: loaders yield *global* batches and each process takes its slice, so the number of
+    # steps per epoch and the LR schedule are the same for any number of processes.
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    # `accelerate launch --multi_gpu` on a machine without GPUs would start independent single-process
+    # runs; asking for the CPU makes them one data-parallel job over gloo instead.
+    cpu = world > 1 and not torch.cuda.is_available()
+    accelerator = Accelerator(cpu=cpu, dataloader_config=DataLoaderConfiguration(split_batches=True))
+    if accelerator.num_processes != world:
+        raise UsageError(f"launched {world} processes but Accelerate formed a group of {accelerator.num_processes}",
+                         "check the accelerate launch flags (--multi_gpu, --num_processes, --num_machines)")
+    return accelerator
+
+
+def check_world(cfg: Config, world: int) -> None:
+    for key in ("global_batch_size", "eval_batch_size"):
+        size = getattr(cfg.train, key)
+        if size % world:
+            raise UsageError(f"train.{key}={size} does not split over {world} processes", f"use a multiple of {world}")
+
+
+def main_decides(accelerator: Accelerator, decide: Callable[[], T]) -> T:
+    """Run `decide()` on the main process and share its answer (or its UsageError) with every process,
+    so all ranks stop together instead of some waiting forever in a collective."""
+    box: list[Any] = [None]
+    if accelerator.is_main_process:
+        try:
+            box[0] = ("ok", decide())
+        except UsageError as err:
+            box[0] = ("error", (err.what, err.fix))
+    if accelerator.num_processes > 1:
+        broadcast_object_list(box)
+    kind, value = box[0]
+    if kind == "error":
+        raise UsageError(*value)
+    return value
+
+
+def average_buffers(model: torch.nn.Module, accelerator: Accelerator) -> None:
+    """Average BatchNorm running statistics over processes.
+
+    Each process updates them from its own slice of the batch (DDP only copies rank 0's at the start of
+    each forward), so without this every rank would evaluate a slightly different model, and the saved
+    weights would not be the ones that scored half the test set.
+    """
+    if accelerator.num_processes == 1:
+        return
+    for buffer in model.buffers():
+        if buffer.is_floating_point():
+            buffer.copy_(accelerator.reduce(buffer.detach().clone(), reduction="mean"))
+
+
+class StopRequest:
+    """SIGTERM (how clusters preempt jobs) or SIGINT (Ctrl-C) asks the loop to checkpoint and stop at the
+    next step boundary; a second signal stops at once. Ranks may receive the signal at different steps,
+    so `agreed()` makes every rank stop at the same one."""
+
+    def __init__(self, accelerator: Accelerator) -> None:
+        self.accelerator = accelerator
+        self.signum: int | None = None
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def agreed(self) -> bool:
+        local = self.signum is not None
+        if self.accelerator.num_processes == 1:
+            return local
+        flag = torch.tensor([float(local)], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    def exit_code(self) -> int:
+        return 128 + (self.signum or signal.SIGTERM)  # the shell's convention for "ended by signal N"
+
+    def restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)

@@ -1,0 +1,82 @@
+"""The run folder: a new one, or an existing one to resume from its newest (or a named) checkpoint."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from mnist_sum.checkpoint import find_latest, open_checkpoint
+from mnist_sum.config import Config
+from mnist_sum.errors import UsageError
+from mnist_sum.files import write_text
+
+# Keys that may differ between a checkpoint and the resumed run: none of them changes the weights.
+RESUMABLE_CHANGES = ("run.", "checkpoint.", "data.num_workers", "train.log_every")
+
+
+def run_dir_for(cfg: Config, config_name: str) -> Path:
+    name = cfg.run.name or f"{config_name}-{datetime.now():%Y%m%d-%H%M%S}"
+    return Path(cfg.run.dir or Path("runs") / name)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _check_same_recipe(cfg: Config, meta: dict[str, Any], path: Path) -> None:
+    now, then = _flatten(cfg.to_dict()), _flatten(meta["config"])
+    changed = [k for k in sorted(now.keys() | then.keys())
+               if now.get(k) != then.get(k) and not k.startswith(RESUMABLE_CHANGES)]
+    if changed:
+        diffs = ", ".join(f"{k}: {then.get(k)!r} -> {now.get(k)!r}" for k in changed)
+        raise UsageError(f"the config differs from checkpoint {path.name}'s ({diffs})",
+                         "drop those overrides to resume that run exactly, or start a new run")
+
+
+def _create(run_dir: Path, fresh_ok: bool) -> None:
+    if run_dir.exists() and any(run_dir.iterdir()) and not fresh_ok:
+        raise UsageError(f"run folder {str(run_dir)!r} already exists and is not empty",
+                         "resume it with --resume auto, choose another run.dir or run.name, or delete it")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"cannot create run folder {str(run_dir)!r}: {err.strerror}", "choose a writable run.dir") from None
+
+
+def open_run(cfg: Config, config_name: str, resume: str | None) -> tuple[str, str | None]:
+    """Main process only: (run folder, checkpoint to resume or None), with the folder ready to write."""
+    if resume in (None, "auto"):
+        run_dir = run_dir_for(cfg, config_name)
+        latest = find_latest(run_dir) if resume == "auto" else None
+        if latest is None:
+            # --resume auto with nothing to resume starts afresh, also over a run killed before its first checkpoint.
+            _create(run_dir, fresh_ok=resume == "auto")
+            if resume == "auto" and (run_dir / "metrics.jsonl").exists():
+                write_text(run_dir / "metrics.jsonl", "")
+            return str(run_dir.resolve()), None
+        checkpoint, meta = latest
+    else:
+        checkpoint = Path(resume)
+        meta = open_checkpoint(checkpoint)
+        run_dir = checkpoint.parent
+        if cfg.run.dir and Path(cfg.run.dir).resolve() != run_dir.resolve():
+            raise UsageError(f"--resume {resume} belongs to run folder {str(run_dir)!r}, not run.dir={cfg.run.dir!r}",
+                             "drop run.dir; a resumed run continues in its own folder")
+    _check_same_recipe(cfg, meta, checkpoint)
+    _truncate_metrics(run_dir, meta.get("metrics_lines", 0))
+    return str(run_dir.resolve()), str(checkpoint.resolve())
+
+
+def _truncate_metrics(run_dir: Path, lines: int) -> None:
+    """Drop the lines logged after the checkpoint was saved: the resumed run logs those steps again."""
+    path = run_dir / "metrics.jsonl"
+    if path.exists():
+        kept = path.read_text().splitlines(keepends=True)[:lines]
+        write_text(path, "".join(kept))
