@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 import shutil
-import warnings
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +112,7 @@ def find_latest(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
         try:
             return path, check_checkpoint(path)
         except ValueError as err:
-            warnings.warn(f"mnist-sum: skipping damaged checkpoint {path}: {err}", stacklevel=2)
+            print(f"mnist-sum: warning: skipping damaged checkpoint {path}: {err}", file=sys.stderr)
     return None
 
 

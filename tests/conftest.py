@@ -35,11 +35,7 @@ def child_env() -> dict[str, str]:
 def launch(args: list[str], num_processes: int = 1, timeout: int = 300, extra: list[str] = (),
            cwd: Path = ROOT) -> subprocess.CompletedProcess:
     """`accelerate launch` on the CPU with `num_processes` processes (gloo), from the project root."""
-    # --multi_gpu starts one process per rank; on a machine without GPUs they run on the CPU over gloo.
-    mode = "--multi_gpu" if num_processes > 1 else "--cpu"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", mode, "--num_machines", "1",
-           "--num_processes", str(num_processes), "--main_process_port", str(free_port()),
-           "--mixed_precision", "no", "--dynamo_backend", "no", *extra, *args]
+    cmd = [*launch_cmd(num_processes), *extra, *args]
     return subprocess.run(cmd, cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=timeout)
 
 
@@ -47,3 +43,29 @@ def run_python(args: list[str], timeout: int = 120, cwd: Path = ROOT,
                extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=cwd, env=child_env() | (extra_env or {}), capture_output=True,
                           text=True, timeout=timeout)
+
+
+def descendants(pid: int) -> list[int]:
+    """All processes below `pid` (torchrun starts its workers in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def launch_cmd(num_processes: int, port: int | None = None) -> list[str]:
+    # --multi_gpu starts one process per rank; on a machine without GPUs they run on the CPU over gloo.
+    mode = "--multi_gpu" if num_processes > 1 else "--cpu"
+    return [sys.executable, "-m", "accelerate.commands.launch", mode, "--num_machines", "1",
+            "--num_processes", str(num_processes), "--main_process_port", str(port or free_port()),
+            "--mixed_precision", "no", "--dynamo_backend", "no"]

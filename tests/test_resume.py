@@ -1,0 +1,186 @@
+"""Checkpoint and resume, for real: runs killed with SIGKILL or stopped with SIGTERM mid-epoch, then resumed,
+must end with final weights byte-identical to an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT, child_env, descendants, launch_cmd
+
+from mnist_sum.checkpoint import find_latest, prune
+
+# 3 epochs x 128 steps of the smoke recipe, a checkpoint every 16 steps (and each epoch end), 3 kept.
+RECIPE = ["--config", "configs/smoke.yaml", "train.epochs=3", "checkpoint.every_steps=16", "checkpoint.keep_last=3"]
+
+
+def _cmd(num_processes: int) -> list[str]:
+    if num_processes == 1:
+        return [sys.executable, "train.py"]  # plain Python: the signal goes straight to the training process
+    return [*launch_cmd(num_processes), "train.py"]
+
+
+def _run(args: list[str], num_processes: int = 1) -> subprocess.CompletedProcess:
+    return subprocess.run([*_cmd(num_processes), *args], cwd=ROOT, env=child_env(), capture_output=True, text=True,
+                          timeout=600)
+
+
+def _interrupt(run_dir, sig: int, num_processes: int = 1, wait_for: str = "step_000064") -> subprocess.CompletedProcess:
+    """Start the recipe, wait until `wait_for` exists (mid-epoch 1), then signal it."""
+    proc = subprocess.Popen([*_cmd(num_processes), *RECIPE, f"run.dir={run_dir}"], cwd=ROOT, env=child_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (run_dir / wait_for).exists():
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.time() < deadline
+        time.sleep(0.005)
+    if sig == signal.SIGKILL:  # a crash: every process dies at once, wherever it is (even mid-save)
+        for pid in [proc.pid, *descendants(proc.pid)]:
+            os.kill(pid, signal.SIGKILL)
+    else:  # preemption: the launcher or the process gets the signal
+        proc.send_signal(sig)
+    out, err = proc.communicate(timeout=300)
+    assert not (run_dir / "results.json").exists(), "the run finished before it was interrupted"
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _resume(run_dir, num_processes: int = 1, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    result = _run(["--resume", "auto", f"run.dir={run_dir}", *extra], num_processes)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _metrics(run_dir) -> list[dict]:
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in x.items() if k != "train/samples_per_s"} for x in lines]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Uninterrupted runs with 1 and 2 processes, made on first use."""
+    made = {}
+
+    def get(num_processes: int):
+        if num_processes not in made:
+            run_dir = tmp_path_factory.mktemp("reference") / f"ref{num_processes}"
+            result = _run([*RECIPE, f"run.dir={run_dir}"], num_processes)
+            assert result.returncode == 0, result.stderr[-3000:]
+            made[num_processes] = run_dir
+        return made[num_processes]
+
+    return get
+
+
+def test_sigkill_mid_epoch_then_resume_is_byte_identical(reference, tmp_path):
+    ref = reference(1)
+    killed = _interrupt(tmp_path / "run", signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
+    result = _resume(tmp_path / "run")
+    assert "resuming from step_" in result.stdout
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == (ref / "model.safetensors").read_bytes()
+    # The log reads as one run: the same lines, steps never going backwards.
+    assert _metrics(tmp_path / "run") == _metrics(ref)
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["test"] == json.loads(
+        (ref / "results.json").read_text())["test"]
+
+
+def test_sigterm_saves_a_checkpoint_and_resumes_byte_identical(reference, tmp_path):
+    ref = reference(1)
+    stopped = _interrupt(tmp_path / "run", signal.SIGTERM)
+    assert stopped.returncode == 128 + signal.SIGTERM
+    last_line = stopped.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("mnist-sum: stopped at step ") and "--resume auto" in last_line
+    step = int(last_line.split("stopped at step ")[1].split(",")[0])
+    meta = json.loads((tmp_path / "run" / f"step_{step:06d}" / "meta.json").read_text())
+    assert meta["step"] == step and meta["epoch"] == 0 and meta["batches_done"] == step  # mid-epoch 1
+    _resume(tmp_path / "run")
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == (ref / "model.safetensors").read_bytes()
+    steps = [x["step"] for x in _metrics(tmp_path / "run")]
+    assert steps == sorted(steps) and steps[-1] == 384
+
+
+def test_two_processes_sigkill_then_resume_is_byte_identical(reference, tmp_path):
+    ref = reference(2)
+    _interrupt(tmp_path / "run", signal.SIGKILL, num_processes=2)
+    _resume(tmp_path / "run", num_processes=2)
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == (ref / "model.safetensors").read_bytes()
+    assert _metrics(tmp_path / "run") == _metrics(ref)
+
+
+def test_two_processes_sigterm_stops_every_rank_at_one_step(reference, tmp_path):
+    ref = reference(2)
+    _interrupt(tmp_path / "run", signal.SIGTERM, num_processes=2)  # to the launcher, which forwards it
+    latest, meta = find_latest(tmp_path / "run")
+    assert meta["world_size"] == 2 and (latest / "random_states_1.pkl").exists()
+    _resume(tmp_path / "run", num_processes=2)
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == (ref / "model.safetensors").read_bytes()
+
+
+def test_pruning_keeps_the_newest_whole_checkpoints(reference):
+    ref = reference(1)
+    assert sorted(p.name for p in ref.glob("step_*")) == ["step_000352", "step_000368", "step_000384"]
+    assert not list(ref.glob(".tmp_*"))
+
+
+def test_damaged_checkpoint_is_skipped_by_auto_and_refused_by_path(reference, tmp_path):
+    ref = reference(1)
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    (run / "results.json").unlink()
+    weights = run / "step_000384" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated
+
+    refused = _run(["--resume", str(run / "step_000384")])
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        f"mnist-sum: error: checkpoint {run / 'step_000384'} is damaged: model.safetensors is damaged (checksum "
+        "mismatch) (resume from an older step_* folder, or use --resume auto to pick the newest whole one)"]
+
+    result = _resume(run)
+    assert f"skipping damaged checkpoint {run / 'step_000384'}" in result.stderr
+    assert "resuming from step_000368" in result.stdout
+    # 16 more steps, the last validation and the test: the same final weights as the reference.
+    assert (run / "model.safetensors").read_bytes() == (ref / "model.safetensors").read_bytes()
+
+
+def test_unfinished_or_unreadable_checkpoints_are_never_chosen(tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "step_000010").mkdir(parents=True)  # no meta.json: a save that never finished
+    (run / ".tmp_step_000020").mkdir()  # a save killed before its rename
+    assert find_latest(run) is None
+    assert "warning: skipping damaged checkpoint" in capsys.readouterr().err
+    (run / "step_000030").mkdir()
+    (run / "step_000030" / "meta.json").write_text("{not json")
+    assert find_latest(run) is None
+    assert f"skipping damaged checkpoint {run / 'step_000030'}: meta.json is unreadable" in capsys.readouterr().err
+    prune(run, keep_last=1)  # nothing whole: nothing is deleted
+    assert (run / "step_000010").exists() and (run / "step_000030").exists()
+
+
+def test_resume_refuses_a_changed_recipe(reference, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(reference(1), run)
+    result = _run(["--resume", "auto", f"run.dir={run}", "optim.lr=0.01"])
+    assert result.returncode == 2
+    assert "the config differs from checkpoint step_000384's (optim.lr: 0.003 -> 0.01)" in result.stderr
+
+
+def test_resume_auto_without_checkpoint_starts_fresh(tmp_path):
+    result = _run(["--resume", "auto", "--config", "configs/smoke.yaml", f"run.dir={tmp_path / 'new'}"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resuming" not in result.stdout and (tmp_path / "new" / "results.json").exists()
+
+
+def test_resume_with_another_number_of_processes_continues(reference, tmp_path):
+    killed = tmp_path / "run"
+    _interrupt(killed, signal.SIGKILL)
+    result = _resume(killed, num_processes=2)
+    assert "the checkpoint was written by 1 process(es)" in result.stdout
+    results = json.loads((killed / "results.json").read_text())
+    assert results["world_size"] == 2 and results["steps"] == 384 and results["test"]["num_samples"] == 10000
