@@ -7,11 +7,20 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from mnist_sum.errors import Stopped, UsageError
 from mnist_sum.sources import PROJECT_ROOT
 
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.yaml"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with errors in the project's one-line form (exit code 2, as argparse)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"mnist-sum: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
 
 
 def run_cli(main: Callable[[], object], debug: bool) -> int:
@@ -36,7 +45,7 @@ def run_cli(main: Callable[[], object], debug: bool) -> int:
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="train.py",
         description="Train the two-headed MNIST digit + sum network (run it under `accelerate launch` for "
         "several processes or mixed precision).",

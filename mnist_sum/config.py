@@ -135,6 +135,28 @@ class CheckpointConfig:
 
 
 @dataclass
+class WandbConfig:
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+    """auto: online when an API key and the server are there, else offline (upload later with `wandb sync`).
+    The WANDB_MODE environment variable wins over this."""
+    project: str = "mnist-sum"
+    """W&B project."""
+    entity: str = ""
+    """W&B user or team; empty = your default entity."""
+    name: str = ""
+    """W&B run name; empty = the run folder's name."""
+    tags: list[str] = field(default_factory=list)
+    """W&B run tags."""
+    group: str = ""
+    """W&B run group, e.g. to gather the seeds of one recipe."""
+    num_examples: int = 32
+    """Misclassified val examples shown in the W&B table at each evaluation."""
+
+    def __post_init__(self) -> None:
+        _check(self.num_examples >= 0, f"wandb.num_examples must be >= 0, got {self.num_examples}", "e.g. 32")
+
+
+@dataclass
 class RunConfig:
     name: str = ""
     """Run name; empty = <config name>-<date>-<time>."""
@@ -149,6 +171,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -214,7 +237,7 @@ def _example(tp: Any) -> str:
     if origin is Literal:
         return str(typing.get_args(tp)[0])
     if origin is list:
-        return "[32,64]"
+        return "[a,b]" if typing.get_args(tp)[0] is str else "[32,64]"
     return {bool: "true", int: "10", float: "0.5", str: "text"}.get(tp, "...")
 
 

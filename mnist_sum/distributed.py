@@ -17,14 +17,14 @@ from mnist_sum.errors import UsageError
 T = TypeVar("T")
 
 
-def make_accelerator() -> Accelerator:
+def make_accelerator(log_with: str | None = None) -> Accelerator:
     # split_batches: loaders yield *global* batches and each process takes its slice, so the number of
     # steps per epoch and the LR schedule are the same for any number of processes.
     world = int(os.environ.get("WORLD_SIZE", "1"))
     # `accelerate launch --multi_gpu` on a machine without GPUs would start independent single-process
     # runs; asking for the CPU makes them one data-parallel job over gloo instead.
     cpu = world > 1 and not torch.cuda.is_available()
-    accelerator = Accelerator(cpu=cpu, dataloader_config=DataLoaderConfiguration(split_batches=True))
+    accelerator = Accelerator(cpu=cpu, log_with=log_with, dataloader_config=DataLoaderConfiguration(split_batches=True))
     if accelerator.num_processes != world:
         raise UsageError(f"launched {world} processes but Accelerate formed a group of {accelerator.num_processes}",
                          "check the accelerate launch flags (--multi_gpu, --num_processes, --num_machines)")

@@ -6,6 +6,9 @@ many processes there are (`gather_for_metrics` drops the padding Accelerate adds
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -77,3 +80,83 @@ def metrics(rows: dict[str, torch.Tensor]) -> dict[str, float | int]:
         out["exhaustive_sum_acc"] = rows["exhaustive_correct"].sum().item() / out["num_exhaustive_pairs"]
     return out
 
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluate command: score saved weights on the test split
+
+
+def _resolve(target: str) -> tuple[Path, Path | None]:
+    """(weights file, run folder or None) from a run folder or a .safetensors path."""
+    path = Path(target)
+    if path.is_dir():
+        return path / "model.safetensors", path
+    return path, path.parent if (path.parent / "config.yaml").is_file() else None
+
+
+def evaluate_weights(target: str, batch_size: int | None = None, mixed_precision: str | None = None) -> dict:
+    """Test metrics (fixed pairs and exhaustive) of saved weights, on the data and pairs of their run, in the
+    run's mixed precision (from its results.json) unless `mixed_precision` says otherwise."""
+    from mnist_sum.config import load_config
+    from mnist_sum.data import load_splits, make_datasets, make_loader
+    from mnist_sum.outputs import load_weights
+
+    weights, run_dir = _resolve(target)
+    model = load_weights(weights)
+    # The run's own config decides the data source and the (image, number) pairs; bare weights use the defaults.
+    cfg = load_config(run_dir / "config.yaml" if run_dir else None)
+    if mixed_precision is None and run_dir and (run_dir / "results.json").is_file():
+        mixed_precision = json.loads((run_dir / "results.json").read_text()).get("mixed_precision")
+    accelerator = Accelerator(mixed_precision=mixed_precision)
+    _, _, test_set = make_datasets(cfg, load_splits(cfg))
+    loader = accelerator.prepare(make_loader(test_set, batch_size or cfg.train.eval_batch_size, 0, False, 0))
+    model = model.to(accelerator.device)
+    result = metrics(predict(model, loader, accelerator, exhaustive=True))
+    return {"weights": str(weights), "mixed_precision": accelerator.mixed_precision, "test": result}
+
+
+def _table(report: dict) -> str:
+    t = report["test"]
+    n, pairs, digit_right = t["num_samples"], t["num_exhaustive_pairs"], round(t["digit_acc"] * t["num_samples"])
+    rows = [
+        ("digit", t["digit_acc"], n),
+        ("sum", t["sum_acc"], n),
+        ("both", t["joint_acc"], n),
+        ("sum, where the digit is right", t["sum_acc_given_digit"], digit_right),
+        ("sum, every image with every number", t["exhaustive_sum_acc"], pairs),
+    ]
+    lines = [f"{report['weights']} on the {n:,} MNIST test images ({report['mixed_precision']} precision)",
+             f"  {'accuracy':<36} {'':>8}  {'right / total':>17}"]
+    lines += [f"  {name:<36} {acc:8.2%}  {round(acc * total):>8,} / {total:,}" for name, acc, total in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mnist_sum.cli import ArgumentParser, run_cli
+    from mnist_sum.files import write_json
+
+    parser = ArgumentParser(prog="mnist-sum-evaluate",
+                                     description="Score saved weights on the MNIST test split: the run's fixed "
+                                     "(image, number) pairs and every image with every number 0..9.")
+    parser.add_argument("target", metavar="RUN_OR_WEIGHTS", help="a run folder or a model.safetensors file")
+    parser.add_argument("--out", help="JSON file to write (default: evaluation.json beside the weights)")
+    parser.add_argument("--batch-size", type=int, help="evaluation batch size (default: the run's train.eval_batch_size)")
+    parser.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"],
+                        help="default: the run's own (from its results.json), else no")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    args = parser.parse_args(argv)
+
+    def run() -> None:
+        report = evaluate_weights(args.target, args.batch_size, args.mixed_precision)
+        out = Path(args.out) if args.out else Path(report["weights"]).with_name("evaluation.json")
+        write_json(out, report)
+        print(_table(report))
+        print(f"written: {out}")
+
+    return run_cli(run, args.debug)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -12,7 +12,7 @@ from mnist_sum.errors import UsageError
 from mnist_sum.files import write_text
 
 # Keys that may differ between a checkpoint and the resumed run: none of them changes the weights.
-RESUMABLE_CHANGES = ("run.", "checkpoint.", "data.num_workers", "train.log_every")
+RESUMABLE_CHANGES = ("run.", "checkpoint.", "wandb.", "data.num_workers", "train.log_every")
 
 
 def run_dir_for(cfg: Config, config_name: str) -> Path:

@@ -1,26 +1,117 @@
-"""Where metrics go: a JSONL file in the run folder (always) and Accelerate's trackers.
+"""Where metrics go: `metrics.jsonl` in the run folder (always) and Weights & Biases through Accelerate's
+trackers (unless disabled).
 
-Only the main process writes; on other processes `Tracker` is a no-op, so the training loop never
-asks which process it is on before logging.
+Only the main process writes; on other processes `Tracker` is a no-op, so the training loop never asks
+which process it is on before logging. W&B never prompts and never hangs: with no API key, or no route
+to its server, the run is logged offline into the run folder and the `wandb sync` command is printed.
 """
 
 from __future__ import annotations
 
 import json
+import netrc
+import os
+import secrets
+import socket
+import string
+import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from accelerate import Accelerator
+
+from mnist_sum.config import WandbConfig
+from mnist_sum.errors import UsageError
+
+# The dashboard's summary for these is the best value, not the last.
+BEST_IS_MAX = ("val/digit_acc", "val/sum_acc", "val/joint_acc", "val/sum_acc_given_digit")
+BEST_IS_MIN = ("val/loss", "train/loss")
+
+
+def _host() -> str:
+    return urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+
+
+def _has_api_key() -> bool:
+    """WANDB_API_KEY, or the ~/.netrc entry that `wandb login` writes."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(_host()) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def _reachable(timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((_host(), 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wandb_mode(cfg: WandbConfig) -> tuple[str, str]:
+    """(mode, why): 'online', 'offline' or 'disabled'. WANDB_MODE in the environment wins over the config."""
+    env = os.environ.get("WANDB_MODE", "").strip().lower()
+    if not env:
+        os.environ.pop("WANDB_MODE", None)  # set but empty: wandb itself would fail on it
+    if env in ("online", "offline", "disabled"):
+        return env, "WANDB_MODE"
+    if env == "dryrun":
+        return "offline", "WANDB_MODE"
+    if cfg.mode in ("offline", "disabled"):
+        return cfg.mode, "config"
+    if not _has_api_key():
+        if cfg.mode == "online":
+            raise UsageError("wandb.mode=online but no W&B API key was found",
+                             "run `wandb login` or set WANDB_API_KEY, or use wandb.mode=auto to log offline")
+        return "offline", "no W&B API key found"
+    if not _reachable():
+        if cfg.mode == "online":
+            raise UsageError(f"wandb.mode=online but {_host()} cannot be reached", "use wandb.mode=auto to log offline")
+        return "offline", f"{_host()} cannot be reached"
+    return "online", "config"
 
 
 class Tracker:
     def __init__(self, accelerator: Accelerator, run_dir: Path) -> None:
         self.accelerator = accelerator
         self.enabled = accelerator.is_main_process
+        self.run_dir = run_dir
+        self.wandb = None  # the wandb Run, on the main process when W&B is on
+        self._wandb_from_step = 0
         path = run_dir / "metrics.jsonl"
         # Appending: a resumed run continues the file (cut back to the checkpoint's line count beforehand).
         self.lines = len(path.read_text().splitlines()) if self.enabled and path.exists() else 0
         self._file = open(path, "a") if self.enabled else None  # noqa: SIM115 (closed in close())
+
+    def start_wandb(self, cfg: WandbConfig, config: dict[str, Any], run_name: str, run_id: str | None) -> str | None:
+        """Start (or, with the id of a checkpoint, continue) the W&B run; returns its id, or None when off."""
+        if not self.enabled or not self.accelerator.log_with:
+            return None
+        mode, why = wandb_mode(cfg)
+        if mode == "disabled":
+            return None
+
+        run_id = run_id or "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+        kwargs = {"id": run_id, "resume": "allow", "name": cfg.name or run_name, "entity": cfg.entity or None,
+                  "tags": cfg.tags or None, "group": cfg.group or None, "dir": str(self.run_dir), "mode": mode}
+        self.accelerator.init_trackers(cfg.project, config=config, init_kwargs={"wandb": kwargs})
+        self.wandb = self.accelerator.get_tracker("wandb", unwrap=True)
+        for key in BEST_IS_MAX:
+            self.wandb.define_metric(key, summary="max")
+        for key in BEST_IS_MIN:
+            self.wandb.define_metric(key, summary="min")
+        # A resumed online run knows the last step its server holds; steps up to it were logged before the
+        # interruption, with the same values (the resume is exact), and W&B would refuse them again.
+        self._wandb_from_step = self.wandb.step if self.wandb.resumed else 0
+        if mode == "offline":
+            print(f"mnist-sum: W&B is logging offline ({why}); upload later with: "
+                  f"wandb sync {self.wandb.settings.sync_dir}", file=sys.stderr)
+        else:
+            print(f"mnist-sum: W&B run {self.wandb.url}", file=sys.stderr)
+        return run_id
 
     def log(self, values: dict[str, Any], step: int) -> None:
         """One JSON line per call: {"step": N, key: value, ...}; flushed so a crash keeps every line written."""
@@ -29,8 +120,42 @@ class Tracker:
         self._file.write(json.dumps({"step": step, **values}) + "\n")
         self._file.flush()
         self.lines += 1
+        self.log_wandb(values, step)
+
+    def log_wandb(self, values: dict[str, Any], step: int) -> None:
+        """W&B only: tables, images and plots that have no place in a JSON line."""
+        if self.wandb is not None and step >= self._wandb_from_step:
+            self.accelerator.log(values, step=step)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        if self.wandb is not None:
+            self.wandb.summary.update(values)
 
     def close(self) -> None:
+        """Close the metrics file; `accelerator.end_training()` finishes the W&B run."""
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def wandb_examples(rows: dict[str, Any], images: Any, prefix: str, num_examples: int) -> dict[str, Any]:
+    """W&B media for one evaluation: a table of misclassified examples and both confusion matrices."""
+    import wandb
+
+    digit_ok = rows["pred_digit"] == rows["label"]
+    sum_ok = rows["pred_sum"] == rows["label"] + rows["number"]
+    wrong = (~(digit_ok & sum_ok)).nonzero().flatten()[:num_examples]
+    table = wandb.Table(columns=["image", "number", "pred_digit", "pred_sum", "digit", "sum"])
+    for i in wrong.tolist():
+        label, number = int(rows["label"][i]), int(rows["number"][i])
+        table.add_data(wandb.Image(images[int(rows["index"][i])].cpu().numpy()), number, int(rows["pred_digit"][i]),
+                       int(rows["pred_sum"][i]), label, label + number)
+    return {
+        f"{prefix}/misclassified": table,
+        f"{prefix}/confusion_digit": wandb.plot.confusion_matrix(
+            y_true=rows["label"].tolist(), preds=rows["pred_digit"].tolist(), class_names=[str(d) for d in range(10)],
+            title="digit"),
+        f"{prefix}/confusion_sum": wandb.plot.confusion_matrix(
+            y_true=(rows["label"] + rows["number"]).tolist(), preds=rows["pred_sum"].tolist(),
+            class_names=[str(s) for s in range(19)], title="sum"),
+    }

@@ -31,8 +31,9 @@ from mnist_sum.evaluate import metrics, predict
 from mnist_sum.files import write_json, write_text
 from mnist_sum.model import build_model, sum_loss
 from mnist_sum.outputs import save_predictions, save_weights
+from mnist_sum.plots import write_plots
 from mnist_sum.runs import open_run
-from mnist_sum.tracking import Tracker
+from mnist_sum.tracking import Tracker, wandb_examples
 
 
 def lr_factor(step: int, total_steps: int, schedule: str, warmup_fraction: float) -> float:
@@ -63,7 +64,7 @@ def train(cfg: Config, config_name: str = "default", resume: str | None = None) 
     `resume`: None (a new run folder), "auto" (the newest whole checkpoint of the run folder, if any) or
     the path of a step_* folder. SIGTERM/SIGINT saves a checkpoint and raises `Stopped`."""
     started = time.perf_counter()
-    accelerator = make_accelerator()
+    accelerator = make_accelerator(log_with=None if cfg.wandb.mode == "disabled" else "wandb")
     check_world(cfg, accelerator.num_processes)
     run_dir, checkpoint = main_decides(accelerator, lambda: open_run(cfg, config_name, resume))
     run_dir = Path(run_dir)
@@ -109,6 +110,7 @@ def train(cfg: Config, config_name: str = "default", resume: str | None = None) 
                               "global batches continue in the same order, but dropout draws differ, so the result is "
                               "not bit-identical to an uninterrupted run")
     tracker = Tracker(accelerator, run_dir)
+    wandb_id = tracker.start_wandb(cfg.wandb, cfg.to_dict(), run_dir.name, meta.get("wandb_run_id"))
     stop = StopRequest(accelerator)
     elapsed_before = meta.get("train_time_s", 0.0)
     accelerator.print(
@@ -125,7 +127,7 @@ def train(cfg: Config, config_name: str = "default", resume: str | None = None) 
             tracker.log(window.flush(accelerator, scheduler, step, steps_per_epoch), step)
         position = {"epoch": epoch + 1, "batches_done": 0} if epoch_done else {"epoch": epoch, "batches_done": batches_done}
         state = {**position, "best_val": best_val, "config": cfg.to_dict(), "config_name": config_name,
-                 "world_size": accelerator.num_processes, "metrics_lines": tracker.lines,
+                 "world_size": accelerator.num_processes, "metrics_lines": tracker.lines, "wandb_run_id": wandb_id,
                  "train_time_s": elapsed_before + time.perf_counter() - train_started}
         return save_checkpoint(accelerator, run_dir, step, state, best_state, cfg.checkpoint.keep_last)
 
@@ -168,8 +170,11 @@ def train(cfg: Config, config_name: str = "default", resume: str | None = None) 
 
         # ---- validate; keep the best weights in memory (model selection on val only)
         average_buffers(net, accelerator)
-        val = metrics(predict(net, val_loader, accelerator))
+        val_rows = predict(net, val_loader, accelerator)
+        val = metrics(val_rows)
         tracker.log({f"val/{k}": v for k, v in val.items()} | {"epoch": epoch + 1}, step)
+        if tracker.wandb is not None:
+            tracker.log_wandb(wandb_examples(val_rows, val_set.images, "val", cfg.wandb.num_examples), step)
         better = not best_val or (val["joint_acc"], -val["loss"]) > (best_val["joint_acc"], -best_val["loss"])
         if better:
             best_val = {**val, "epoch": epoch + 1, "step": step}
@@ -189,6 +194,7 @@ def train(cfg: Config, config_name: str = "default", resume: str | None = None) 
     rows = predict(net, test_loader, accelerator, exhaustive=True)
     test = metrics(rows)
     tracker.log({f"test/{k}": v for k, v in test.items()}, step)
+    tracker.summary({f"test/{k}": v for k, v in test.items()})
     results = {
         "config": meta.get("config_name", config_name),
         "test": test,
@@ -204,6 +210,7 @@ def train(cfg: Config, config_name: str = "default", resume: str | None = None) 
     if accelerator.is_main_process:
         save_weights(run_dir / "model.safetensors", net, cfg.model)
         save_predictions(run_dir / "test_predictions.csv", rows)
+        write_plots(run_dir, rows)
         write_json(run_dir / "results.json", results)
     accelerator.print(
         f"test: digit {test['digit_acc']:.2%}  sum {test['sum_acc']:.2%}  joint {test['joint_acc']:.2%}  "

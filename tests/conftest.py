@@ -20,6 +20,15 @@ def mnist():
     return load_idx(ROOT / "data" / "mnist")
 
 
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """One finished smoke run (plain `python train.py`, one process, W&B offline), shared by the tests that read it."""
+    run_dir = tmp_path_factory.mktemp("smoke") / "run"
+    result = run_python(["train.py", "--config", "configs/smoke.yaml", f"run.dir={run_dir}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, result
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

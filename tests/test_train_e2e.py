@@ -30,17 +30,15 @@ def two_process_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def one_process_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("e2e") / "one"
-    result = run_python(["train.py", "--config", "configs/smoke.yaml", f"run.dir={run_dir}"])  # plain, no launcher
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir, result
+def one_process_run(smoke_run):
+    return smoke_run
 
 
 def test_two_process_run_writes_complete_results(two_process_run, mnist):
     run_dir, result = two_process_run
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "config.yaml", "metrics.jsonl", "model.safetensors", "results.json", "step_000128", "test_predictions.csv"]
+        "accuracy.png", "config.yaml", "confusion_digit.png", "loss.png", "metrics.jsonl", "model.safetensors",
+        "results.json", "step_000128", "test_predictions.csv", "wandb"]
     assert result.stdout.count("mnist-sum: run folder") == 1  # only the main process talks
     results = json.loads((run_dir / "results.json").read_text())
     assert results["world_size"] == 2

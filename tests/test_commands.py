@@ -1,0 +1,98 @@
+"""The evaluate and predict commands, on real runs and real MNIST images saved as files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, child_env, run_python
+from PIL import Image, ImageOps
+
+
+def test_evaluate_reproduces_results_json(smoke_run, tmp_path):
+    run_dir, _ = smoke_run
+    out = tmp_path / "evaluation.json"
+    result = run_python(["-c", "import sys; from mnist_sum.evaluate import main; sys.exit(main())", str(run_dir),
+                         "--out", str(out)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    expected = json.loads((run_dir / "results.json").read_text())["test"]
+    assert report["test"] == expected  # same pairs, precision and batch size: the same numbers exactly
+    assert "digit" in result.stdout and "10,000" in result.stdout and "100,000" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A small model trained well enough (about 95% on both heads) to read clear digits: 2 epochs of a narrow net, bf16."""
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    env = child_env() | {"ACCELERATE_MIXED_PRECISION": "bf16"}
+    result = subprocess.run([sys.executable, "train.py", "--config", "configs/smoke.yaml", "data.train_limit=24000",
+                             "model.channels=[16,32]", "model.sum_hidden=128", "train.epochs=2", "train.global_batch_size=128",
+                             "wandb.mode=disabled", f"run.dir={run_dir}"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((run_dir / "results.json").read_text())["test"]["joint_acc"] > 0.9
+    return run_dir
+
+
+def _right_pairs(run_dir, count):
+    """Test images whose digit and sum the run got right, with their number."""
+    with open(run_dir / "test_predictions.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["pred_digit"] == r["label"]
+                and int(r["pred_sum"]) == int(r["label"]) + int(r["number"])]
+    return [(int(r["index"]), int(r["label"]), int(r["number"])) for r in rows[:count]]
+
+
+def test_predict_reads_real_mnist_images_as_files(trained_run, mnist, tmp_path):
+    images = mnist["test"][0]
+    for index, label, number in _right_pairs(trained_run, 5):
+        plain = tmp_path / f"{index}.png"
+        Image.fromarray(images[index].numpy()).save(plain)
+        # The same digit as a person might have it: dark ink on white paper, 200x200, RGB JPEG.
+        photo = tmp_path / f"{index}_big.jpg"
+        ImageOps.invert(Image.fromarray(images[index].numpy())).resize((200, 200), Image.Resampling.BICUBIC).convert(
+            "RGB").save(photo, quality=95)
+        result = run_python(["-m", "mnist_sum.predict", "--weights", str(trained_run), "--number", str(number),
+                             "--json", str(plain), str(photo)])
+        assert result.returncode == 0, result.stderr[-2000:]
+        for answer in json.loads(result.stdout):
+            assert (answer["digit"], answer["sum"]) == (label, label + number), (answer, index)
+            assert 0.5 < answer["digit_prob"] <= 1 and 0.5 < answer["sum_prob"] <= 1
+
+
+def test_predict_prints_one_line_per_image(trained_run, mnist, tmp_path):
+    index, label, number = _right_pairs(trained_run, 1)[0]
+    path = tmp_path / "digit.png"
+    Image.fromarray(mnist["test"][0][index].numpy()).save(path)
+    result = run_python(["-m", "mnist_sum.predict", "--weights", str(trained_run / "model.safetensors"),
+                         "--number", str(number), str(path)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith(f"{path}: digit {label} (")
+    assert f"{label} + {number} = {label + number} (" in result.stdout
+
+
+@pytest.mark.parametrize("number, words", [("10", "10 is outside 0..9"), ("-1", "-1 is outside 0..9"),
+                                           ("3.5", "'3.5' is not an integer")])
+def test_predict_refuses_numbers_outside_0_to_9(smoke_run, number, words, tmp_path):
+    path = tmp_path / "x.png"
+    Image.new("L", (28, 28)).save(path)
+    result = run_python(["-m", "mnist_sum.predict", "--weights", str(smoke_run[0]), "--number", number, str(path)])
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("mnist-sum: error: argument --number: " + words)
+
+
+def test_predict_refuses_files_that_are_not_images(smoke_run, tmp_path):
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    blank = tmp_path / "blank.png"
+    Image.new("L", (50, 50), 255).save(blank)
+    for path, words in [(text, "is not a readable image"), (empty, "is not a readable image"),
+                        (tmp_path / "x.txt", "unknown image type '.txt'"), (blank, "the image is blank")]:
+        result = run_python(["-m", "mnist_sum.predict", "--weights", str(smoke_run[0]), "--number", "3", str(path)])
+        assert result.returncode == 2, path
+        assert len(result.stderr.strip().splitlines()) == 1 and words in result.stderr, result.stderr

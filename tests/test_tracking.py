@@ -1,0 +1,89 @@
+"""Monitoring: the offline W&B run holds what was logged (read back from its file), W&B goes offline by itself
+without a key and never prompts, and the local plots are real PNGs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+from conftest import run_python
+from PIL import Image
+from wandb_records import config, history, summary
+
+
+def _wandb_file(run_dir):
+    files = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    assert files, f"no offline W&B run in {run_dir}"
+    return files
+
+
+def test_offline_wandb_run_holds_the_logged_metrics(smoke_run):
+    run_dir, _ = smoke_run
+    (path,) = _wandb_file(run_dir)
+    rows = history(path)
+    train = [r for r in rows if "train/loss" in r]
+    assert [r["_step"] for r in train] == list(range(8, 129, 8))
+    for key in ("train/digit_loss", "train/sum_loss", "train/digit_acc", "train/sum_acc", "train/lr",
+                "train/samples_per_s", "epoch"):
+        assert all(key in r for r in train), key
+    local = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train/loss"] for r in train] == [x["train/loss"] for x in local if "train/loss" in x]
+    val = [r for r in rows if "val/digit_acc" in r]
+    assert len(val) == 1 and val[0]["_step"] == 128
+    # The table of misclassified val examples (32 of them) and both confusion matrices, logged as W&B tables.
+    assert val[0]["val/misclassified/_type"] == "table-file" and val[0]["val/misclassified/nrows"] == 32
+    assert val[0]["val/misclassified/ncols"] == 6
+    assert val[0]["val/confusion_digit_table/nrows"] > 10 and val[0]["val/confusion_sum_table/nrows"] > 19
+
+    results = json.loads((run_dir / "results.json").read_text())
+    final = summary(path)
+    for key in ("digit_acc", "sum_acc", "joint_acc", "exhaustive_sum_acc", "sum_acc_given_digit"):
+        assert final[f"test/{key}"] == pytest.approx(results["test"][key])
+    assert final["val/joint_acc"] == {"max": pytest.approx(results["best_val"]["joint_acc"])}  # define_metric
+    assert config(path)["optim"]["lr"] == 0.003
+
+
+def test_without_api_key_or_mode_wandb_goes_offline_without_prompting(tmp_path):
+    env = {"HOME": str(tmp_path), "NETRC": str(tmp_path / "no-netrc"), "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config")}
+    code = ("import os, sys; [os.environ.pop(k, None) for k in ('WANDB_MODE', 'WANDB_API_KEY')]; "
+            "sys.argv = ['train.py', '--config', 'configs/smoke.yaml', 'data.train_limit=1024', "
+            f"'run.dir={tmp_path / 'run'}']; "
+            "from mnist_sum.cli import train_main; sys.exit(train_main())")
+    result = run_python(["-c", code], extra_env=env, timeout=180)  # stdin is not a terminal: a prompt would fail
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(x for x in result.stderr.splitlines() if x.startswith("mnist-sum: W&B"))
+    (path,) = _wandb_file(tmp_path / "run")
+    assert line == (f"mnist-sum: W&B is logging offline (no W&B API key found); upload later with: "
+                    f"wandb sync {path.parent}")
+
+
+def test_wandb_disabled_writes_no_wandb_files(tmp_path):
+    result = run_python(["train.py", "--config", "configs/smoke.yaml", "data.train_limit=1024", "wandb.mode=disabled",
+                         f"run.dir={tmp_path / 'run'}"], extra_env={"WANDB_MODE": ""})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (tmp_path / "run" / "wandb").exists() and (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("name", ["loss.png", "accuracy.png", "confusion_digit.png"])
+def test_plots_are_valid_pngs(smoke_run, name):
+    run_dir, _ = smoke_run
+    with Image.open(run_dir / name) as image:
+        image.verify()
+        assert image.format == "PNG" and image.width > 200 and image.height > 200
+
+
+def test_resumed_run_logs_to_the_same_wandb_run(tmp_path):
+    run = tmp_path / "run"
+    first = run_python(["train.py", "--config", "configs/smoke.yaml", "train.epochs=2", f"run.dir={run}"])
+    assert first.returncode == 0, first.stderr[-2000:]
+    # Resume from the first epoch's checkpoint, as after a crash during the second epoch.
+    os.remove(run / "results.json")
+    shutil.rmtree(run / "step_000256")
+    second = run_python(["train.py", "--resume", "auto", f"run.dir={run}"])
+    assert second.returncode == 0, second.stderr[-2000:]
+    files = _wandb_file(run)
+    assert len(files) == 2 and len({f.name for f in files}) == 1  # run-<same id>.wandb, twice
+    resumed = history(files[-1])
+    assert min(r["_step"] for r in resumed) > 128  # steps continue after the checkpoint

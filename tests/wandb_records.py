@@ -1,0 +1,58 @@
+"""Read back what an offline W&B run logged: its `run-*.wandb` file, a LevelDB-style log of protobuf records."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from wandb.proto import wandb_internal_pb2
+
+BLOCK = 32 * 1024
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def read_records(path: Path) -> list[wandb_internal_pb2.Record]:
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
+    records, pending, pos = [], b"", 7  # 7-byte file header: ":W&B", magic, version
+    while pos + 7 <= len(data):
+        if BLOCK - pos % BLOCK < 7:  # a record header never straddles blocks: the tail is padding
+            pos += BLOCK - pos % BLOCK
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        payload, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind == FULL:
+            records.append(payload)
+        elif kind == FIRST:
+            pending = payload
+        elif kind == MIDDLE:
+            pending += payload
+        elif kind == LAST:
+            records.append(pending + payload)
+    return [wandb_internal_pb2.Record.FromString(r) for r in records]
+
+
+def history(path: Path) -> list[dict]:
+    """Each logged row as {key: value}, with W&B's own `_step`."""
+    rows = []
+    for record in read_records(path):
+        if record.WhichOneof("record_type") == "history":
+            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
+    return rows
+
+
+def summary(path: Path) -> dict:
+    out = {}
+    for record in read_records(path):
+        if record.WhichOneof("record_type") == "summary":
+            out.update({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.summary.update})
+    return out
+
+
+def config(path: Path) -> dict:
+    out = {}
+    for record in read_records(path):
+        if record.WhichOneof("record_type") == "config":
+            out.update({item.key: json.loads(item.value_json) for item in record.config.update})
+    return out
