@@ -107,8 +107,10 @@ class Tracker:
         # interruption, with the same values (the resume is exact), and W&B would refuse them again.
         self._wandb_from_step = self.wandb.step if self.wandb.resumed else 0
         if mode == "offline":
-            print(f"mnist-sum: W&B is logging offline ({why}); upload later with: "
-                  f"wandb sync {self.wandb.settings.sync_dir}", file=sys.stderr)
+            sync_dir = Path(self.wandb.settings.sync_dir)
+            if sync_dir.is_relative_to(Path.cwd()):
+                sync_dir = sync_dir.relative_to(Path.cwd())
+            print(f"mnist-sum: W&B is logging offline ({why}); upload later with: wandb sync {sync_dir}", file=sys.stderr)
         else:
             print(f"mnist-sum: W&B run {self.wandb.url}", file=sys.stderr)
         return run_id
