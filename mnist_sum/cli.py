@@ -38,6 +38,15 @@ def run_cli(main: Callable[[], object], debug: bool) -> int:
         if os.environ.get("RANK", "0") == "0":
             print(stop, file=sys.stderr)
         return stop.exit_code
+    except RuntimeError as err:
+        from mnist_sum.distributed import lost_peer
+
+        if debug or not lost_peer(err):
+            raise
+        first = str(err).strip().splitlines()[0][:200]
+        print(f"mnist-sum: error: process {os.environ.get('RANK', '?')} lost contact with the other processes: {first} "
+              "(see the other processes' output for the cause; continue with --resume auto)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("mnist-sum: interrupted", file=sys.stderr)
         return 130

@@ -110,6 +110,9 @@ class TrainConfig:
     """Samples per evaluation batch over all processes."""
     log_every: int = 50
     """Write a train metrics line every this many steps."""
+    dist_timeout_s: int = 300
+    """With several processes: give up on a collective (and end the job) after this many seconds, so a
+    process that died or hangs takes the job down instead of leaving the others waiting forever."""
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}", "e.g. train.epochs=3")
@@ -118,6 +121,7 @@ class TrainConfig:
         _check(self.eval_batch_size >= 1, f"train.eval_batch_size must be >= 1, got {self.eval_batch_size}",
                "e.g. 1000")
         _check(self.log_every >= 1, f"train.log_every must be >= 1, got {self.log_every}", "e.g. 50")
+        _check(self.dist_timeout_s >= 10, f"train.dist_timeout_s must be >= 10, got {self.dist_timeout_s}", "e.g. 300")
 
 
 @dataclass

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, broadcast_object_list
+from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, broadcast_object_list
 
 from mnist_sum.config import Config
 from mnist_sum.errors import UsageError
@@ -17,18 +18,27 @@ from mnist_sum.errors import UsageError
 T = TypeVar("T")
 
 
-def make_accelerator(log_with: str | None = None) -> Accelerator:
+def make_accelerator(log_with: str | None = None, timeout_s: int = 300) -> Accelerator:
     # split_batches: loaders yield *global* batches and each process takes its slice, so the number of
     # steps per epoch and the LR schedule are the same for any number of processes.
     world = int(os.environ.get("WORLD_SIZE", "1"))
     # `accelerate launch --multi_gpu` on a machine without GPUs would start independent single-process
     # runs; asking for the CPU makes them one data-parallel job over gloo instead.
     cpu = world > 1 and not torch.cuda.is_available()
-    accelerator = Accelerator(cpu=cpu, log_with=log_with, dataloader_config=DataLoaderConfiguration(split_batches=True))
+    accelerator = Accelerator(cpu=cpu, log_with=log_with, dataloader_config=DataLoaderConfiguration(split_batches=True),
+                              kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))])
     if accelerator.num_processes != world:
         raise UsageError(f"launched {world} processes but Accelerate formed a group of {accelerator.num_processes}",
                          "check the accelerate launch flags (--multi_gpu, --num_processes, --num_machines)")
     return accelerator
+
+
+def lost_peer(err: BaseException) -> bool:
+    """Is this the error a collective raises when another process died, hung past the timeout, or lost its link?"""
+    text = str(err)
+    return isinstance(err, RuntimeError) and torch.distributed.is_available() and torch.distributed.is_initialized() and (
+        isinstance(err, torch.distributed.DistError)
+        or any(s in text for s in ("gloo", "NCCL", "Connection reset", "Connection closed", "timed out", "Timed out")))
 
 
 def check_world(cfg: Config, world: int) -> None:

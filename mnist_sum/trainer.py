@@ -64,7 +64,8 @@ def train(cfg: Config, config_name: str = "default", resume: str | None = None) 
     `resume`: None (a new run folder), "auto" (the newest whole checkpoint of the run folder, if any) or
     the path of a step_* folder. SIGTERM/SIGINT saves a checkpoint and raises `Stopped`."""
     started = time.perf_counter()
-    accelerator = make_accelerator(log_with=None if cfg.wandb.mode == "disabled" else "wandb")
+    accelerator = make_accelerator(log_with=None if cfg.wandb.mode == "disabled" else "wandb",
+                                   timeout_s=cfg.train.dist_timeout_s)
     check_world(cfg, accelerator.num_processes)
     run_dir, checkpoint = main_decides(accelerator, lambda: open_run(cfg, config_name, resume))
     run_dir = Path(run_dir)
