@@ -165,7 +165,9 @@ class RunConfig:
     name: str = ""
     """Run name; empty = <config name>-<date>-<time>."""
     dir: str = ""
-    """Run folder; empty = runs/<name>. Must not exist yet or be empty."""
+    """Run folder; empty = runs/<name>. Must not exist yet or be empty (unless resuming or overwriting)."""
+    overwrite: bool = False
+    """Delete an existing run folder of the same name and start afresh."""
 
 
 @dataclass

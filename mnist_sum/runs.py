@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -40,24 +41,43 @@ def _check_same_recipe(cfg: Config, meta: dict[str, Any], path: Path) -> None:
                          "drop those overrides to resume that run exactly, or start a new run")
 
 
-def _create(run_dir: Path, fresh_ok: bool) -> None:
+def _create(run_dir: Path, fresh_ok: bool, overwrite: bool) -> None:
     if run_dir.exists() and any(run_dir.iterdir()) and not fresh_ok:
-        raise UsageError(f"run folder {str(run_dir)!r} already exists and is not empty",
-                         "resume it with --resume auto, choose another run.dir or run.name, or delete it")
+        if not overwrite:
+            raise UsageError(f"run folder {str(run_dir)!r} already exists and is not empty",
+                             "resume it with --resume auto, choose another run.dir or run.name, or add run.overwrite=true")
+        shutil.rmtree(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_bytes(b"\0" * 4096)  # mkdir can succeed where writing fails (read-only mount, quota)
+        probe.unlink()
     except OSError as err:
-        raise UsageError(f"cannot create run folder {str(run_dir)!r}: {err.strerror}", "choose a writable run.dir") from None
+        raise UsageError(f"cannot write to run folder {str(run_dir)!r}: {err.strerror}", "choose a writable run.dir") from None
 
 
-def open_run(cfg: Config, config_name: str, resume: str | None) -> tuple[str, str | None]:
-    """Main process only: (run folder, checkpoint to resume or None), with the folder ready to write."""
+def check_space(run_dir: Path, num_params: int, keep_last: int) -> None:
+    """Refuse to start a run that would fill the disk: checkpoints (weights, two Adam moments and the best
+    weights, in float32, keep_last + 1 of them during a save) plus 32 MiB for predictions, plots and W&B."""
+    needed = 16 * num_params * (keep_last + 1) + 32 * 2**20
+    existing = next(p for p in [run_dir.absolute(), *run_dir.absolute().parents] if p.exists())
+    free = shutil.disk_usage(existing).free
+    if free < needed:
+        raise UsageError(f"only {free / 2**20:.1f} MiB free for run folder {str(run_dir)!r}, the run needs about "
+                         f"{needed / 2**20:.0f} MiB", "free some space or choose another run.dir")
+
+
+def open_run(cfg: Config, config_name: str, resume: str | None,
+             space_for: tuple[int, int] = (0, 1)) -> tuple[str, str | None]:
+    """Main process only: (run folder, checkpoint to resume or None), with the folder ready to write and
+    room on its disk for a model of `space_for` = (parameters, checkpoints kept)."""
     if resume in (None, "auto"):
         run_dir = run_dir_for(cfg, config_name)
         latest = find_latest(run_dir) if resume == "auto" else None
         if latest is None:
             # --resume auto with nothing to resume starts afresh, also over a run killed before its first checkpoint.
-            _create(run_dir, fresh_ok=resume == "auto")
+            check_space(run_dir, *space_for)
+            _create(run_dir, fresh_ok=resume == "auto", overwrite=cfg.run.overwrite)
             if resume == "auto" and (run_dir / "metrics.jsonl").exists():
                 write_text(run_dir / "metrics.jsonl", "")
             return str(run_dir.resolve()), None
@@ -70,6 +90,7 @@ def open_run(cfg: Config, config_name: str, resume: str | None) -> tuple[str, st
             raise UsageError(f"--resume {resume} belongs to run folder {str(run_dir)!r}, not run.dir={cfg.run.dir!r}",
                              "drop run.dir; a resumed run continues in its own folder")
     _check_same_recipe(cfg, meta, checkpoint)
+    check_space(run_dir, *space_for)
     _truncate_metrics(run_dir, meta.get("metrics_lines", 0))
     return str(run_dir.resolve()), str(checkpoint.resolve())
 

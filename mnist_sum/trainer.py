@@ -67,12 +67,6 @@ def train(cfg: Config, config_name: str = "default", resume: str | None = None) 
     accelerator = make_accelerator(log_with=None if cfg.wandb.mode == "disabled" else "wandb",
                                    timeout_s=cfg.train.dist_timeout_s)
     check_world(cfg, accelerator.num_processes)
-    run_dir, checkpoint = main_decides(accelerator, lambda: open_run(cfg, config_name, resume))
-    run_dir = Path(run_dir)
-    accelerator.print(f"mnist-sum: run folder {run_dir}" + (f", resuming from {Path(checkpoint).name}" if checkpoint else ""))
-    if accelerator.is_main_process:
-        write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    set_seed(cfg.train.seed)  # same initial weights on every process
 
     # ---- data: decoded once on the main process first (it may download or build a cache)
     with accelerator.main_process_first():
@@ -88,7 +82,17 @@ def train(cfg: Config, config_name: str = "default", resume: str | None = None) 
     val_loader = make_loader(val_set, cfg.train.eval_batch_size, cfg.train.seed, False, workers)
     test_loader = make_loader(test_set, cfg.train.eval_batch_size, cfg.train.seed, False, workers)
 
+    # ---- the run folder, made only now that data and recipe are known to work (no half-made folders)
+    num_params = sum(p.numel() for p in build_model(cfg.model).parameters())
+    run_dir, checkpoint = main_decides(
+        accelerator, lambda: open_run(cfg, config_name, resume, space_for=(num_params, cfg.checkpoint.keep_last)))
+    run_dir = Path(run_dir)
+    accelerator.print(f"mnist-sum: run folder {run_dir}" + (f", resuming from {Path(checkpoint).name}" if checkpoint else ""))
+    if accelerator.is_main_process:
+        write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
     # ---- model, optimizer, schedule
+    set_seed(cfg.train.seed)  # same initial weights on every process
     model = build_model(cfg.model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -126,6 +130,9 @@ def train(cfg: Config, config_name: str = "default", resume: str | None = None) 
         """Checkpoint the exact loop position: mid-epoch (batches_done of epoch) or after an epoch's validation."""
         if window.pending:  # log the partial window, so the resumed run's log has no gap
             tracker.log(window.flush(accelerator, scheduler, step, steps_per_epoch), step)
+        if not all(torch.isfinite(t).all() for t in net.state_dict().values() if t.is_floating_point()):
+            raise UsageError(f"training diverged: the weights became NaN or infinite by step {step}; no checkpoint holds them",
+                             "lower optim.lr or set optim.grad_clip=1.0, then resume from an earlier checkpoint or restart")
         position = {"epoch": epoch + 1, "batches_done": 0} if epoch_done else {"epoch": epoch, "batches_done": batches_done}
         state = {**position, "best_val": best_val, "config": cfg.to_dict(), "config_name": config_name,
                  "world_size": accelerator.num_processes, "metrics_lines": tracker.lines, "wandb_run_id": wandb_id,
@@ -153,7 +160,7 @@ def train(cfg: Config, config_name: str = "default", resume: str | None = None) 
             optimizer.zero_grad(set_to_none=True)
             step += 1
             batches_done += 1
-            window.add(digit_logits, sum_logits, batch, digit_ce, sum_ce)
+            window.add(digit_logits, sum_logits, batch, digit_ce, sum_ce, step)
             if step % cfg.train.log_every == 0 or batches_done == steps_per_epoch:
                 logged = window.flush(accelerator, scheduler, step, steps_per_epoch)
                 tracker.log(logged, step)
@@ -224,15 +231,22 @@ def train(cfg: Config, config_name: str = "default", resume: str | None = None) 
     return results
 
 
+NO_STEP = 2**62
+
+
 class _Window:
     """Train metrics summed since the last log line, kept on the device so logging costs no sync per step."""
 
     def __init__(self, device: torch.device) -> None:
         self.sums = torch.zeros(5, device=device, dtype=torch.float64)  # digit CE, sum CE, digit ok, sum ok, n
+        self.first_bad = torch.full((1,), NO_STEP, device=device)  # first step with a non-finite loss
         self.started = time.perf_counter()
         self.pending = False
 
-    def add(self, digit_logits, sum_logits, batch, digit_ce, sum_ce) -> None:
+    def add(self, digit_logits, sum_logits, batch, digit_ce, sum_ce, step: int) -> None:
+        # Recorded on the device and checked at the next flush, so a healthy run pays no sync per step.
+        bad = ~torch.isfinite(digit_ce + sum_ce)
+        self.first_bad = torch.where(bad & (self.first_bad == NO_STEP), step, self.first_bad)
         n = len(batch["label"])
         digit_ok = (digit_logits.argmax(-1) == batch["label"]).sum()
         sum_ok = (sum_logits.argmax(-1) == batch["label"] + batch["number"]).sum()
@@ -241,6 +255,13 @@ class _Window:
         self.pending = True
 
     def flush(self, accelerator: Accelerator, scheduler, step: int, steps_per_epoch: int) -> dict[str, float]:
+        """The window's metrics over all processes. Every checkpoint is preceded by a flush, so a non-finite
+        loss stops the run here, before any checkpoint could hold the weights it produced."""
+        first_bad = int(accelerator.gather(self.first_bad).min())
+        if first_bad != NO_STEP:
+            raise UsageError(f"training diverged: the loss became NaN or infinite at step {first_bad}; the run stopped "
+                             "there and no checkpoint holds weights from that step on",
+                             "lower optim.lr or set optim.grad_clip=1.0, then resume from an earlier checkpoint or restart")
         digit_ce, sum_ce, digit_ok, sum_ok, n = accelerator.reduce(self.sums, reduction="sum").tolist()
         elapsed = time.perf_counter() - self.started
         self.sums.zero_()

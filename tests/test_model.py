@@ -80,3 +80,18 @@ def test_damaged_weights_are_refused(tmp_path):
         load_weights(path)
     with pytest.raises(UsageError, match="not found"):
         load_weights(tmp_path / "missing.safetensors")
+
+
+def test_weights_of_another_network_are_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    other = tmp_path / "other.safetensors"
+    save_file({"fc.weight": torch.zeros(3, 3)}, str(other))  # someone else's model: no mnist-sum metadata
+    with pytest.raises(UsageError, match="not a readable mnist-sum weights file"):
+        load_weights(other)
+    # Our metadata, but tensors of another shape: the file does not hold the network it describes.
+    cfg = ModelConfig(channels=[8])
+    wider = build_model(ModelConfig(channels=[16]))
+    save_weights(tmp_path / "mixed.safetensors", wider, cfg)
+    with pytest.raises(UsageError, match="does not match the network its metadata describes"):
+        load_weights(tmp_path / "mixed.safetensors")
