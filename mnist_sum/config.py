@@ -53,6 +53,25 @@ class DataConfig:
 
 
 @dataclass
+class AugmentConfig:
+    enabled: bool = True
+    """Warp each training image by a small random affine transform (val and test are never augmented)."""
+    rotate_deg: float = 10.0
+    """Largest rotation, degrees either way."""
+    scale: float = 0.1
+    """Largest relative zoom in or out."""
+    shear: float = 0.1
+    """Largest shear."""
+    shift_px: float = 2.0
+    """Largest shift in pixels, each axis."""
+
+    def __post_init__(self) -> None:
+        for key in ("rotate_deg", "scale", "shear", "shift_px"):
+            _check(getattr(self, key) >= 0, f"augment.{key} must be >= 0, got {getattr(self, key)}", "0 turns it off")
+        _check(self.scale < 1, f"augment.scale must be < 1, got {self.scale}", "e.g. 0.1")
+
+
+@dataclass
 class ModelConfig:
     channels: list[int] = field(default_factory=lambda: [32, 64, 128])
     """Width of each conv stage; every stage halves the resolution (28 -> 14 -> 7 -> 3)."""
@@ -110,6 +129,9 @@ class TrainConfig:
     """Samples per evaluation batch over all processes."""
     log_every: int = 50
     """Write a train metrics line every this many steps."""
+    cpu_threads: int = 0
+    """Threads per process when training on the CPU; 0 = this machine's cores shared by its processes.
+    (`accelerate launch` without a GPU sets OMP_NUM_THREADS=1, which halves the speed on 2 cores.)"""
     dist_timeout_s: int = 300
     """With several processes: give up on a collective (and end the job) after this many seconds, so a
     process that died or hangs takes the job down instead of leaving the others waiting forever."""
@@ -121,6 +143,7 @@ class TrainConfig:
         _check(self.eval_batch_size >= 1, f"train.eval_batch_size must be >= 1, got {self.eval_batch_size}",
                "e.g. 1000")
         _check(self.log_every >= 1, f"train.log_every must be >= 1, got {self.log_every}", "e.g. 50")
+        _check(self.cpu_threads >= 0, f"train.cpu_threads must be >= 0, got {self.cpu_threads}", "0 = automatic")
         _check(self.dist_timeout_s >= 10, f"train.dist_timeout_s must be >= 10, got {self.dist_timeout_s}", "e.g. 300")
 
 
@@ -173,6 +196,7 @@ class RunConfig:
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -22,6 +22,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
+from mnist_sum.augment import warp
 from mnist_sum.checkpoint import load_best, save_checkpoint
 from mnist_sum.config import Config
 from mnist_sum.data import load_splits, make_datasets, make_loader, set_epoch
@@ -65,13 +66,16 @@ def train(cfg: Config, config_name: str = "default", resume: str | None = None) 
     the path of a step_* folder. SIGTERM/SIGINT saves a checkpoint and raises `Stopped`."""
     started = time.perf_counter()
     accelerator = make_accelerator(log_with=None if cfg.wandb.mode == "disabled" else "wandb",
-                                   timeout_s=cfg.train.dist_timeout_s)
+                                   timeout_s=cfg.train.dist_timeout_s, cpu_threads=cfg.train.cpu_threads)
     check_world(cfg, accelerator.num_processes)
 
     # ---- data: decoded once on the main process first (it may download or build a cache)
     with accelerator.main_process_first():
         splits = load_splits(cfg)
     train_set, val_set, test_set = make_datasets(cfg, splits)
+    if accelerator.device.type != "cpu" and cfg.data.num_workers == 0:  # workers could not share device tensors
+        for dataset in (train_set, val_set, test_set):
+            dataset.to(accelerator.device)
     steps_per_epoch = len(train_set) // cfg.train.global_batch_size
     if steps_per_epoch == 0:
         raise UsageError(f"{len(train_set)} training images make no batch of {cfg.train.global_batch_size}",
@@ -149,7 +153,10 @@ def train(cfg: Config, config_name: str = "default", resume: str | None = None) 
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, initial=batches_done,
                    total=steps_per_epoch, disable=not accelerator.is_main_process)
         for batch in bar:
-            digit_logits, sum_logits = model(batch["image"], batch["number"])
+            images = batch["image"]
+            if cfg.augment.enabled:  # each sample's warp is a function of (seed, epoch, index), like its number
+                images = warp(images, cfg.augment, cfg.train.seed, epoch, batch["index"])
+            digit_logits, sum_logits = model(images, batch["number"])
             loss, digit_ce, sum_ce = sum_loss(digit_logits, sum_logits, batch["label"], batch["number"],
                                               cfg.optim.label_smoothing)
             accelerator.backward(loss)
@@ -180,7 +187,8 @@ def train(cfg: Config, config_name: str = "default", resume: str | None = None) 
         average_buffers(net, accelerator)
         val_rows = predict(net, val_loader, accelerator)
         val = metrics(val_rows)
-        tracker.log({f"val/{k}": v for k, v in val.items()} | {"epoch": epoch + 1}, step)
+        elapsed = elapsed_before + time.perf_counter() - train_started
+        tracker.log({f"val/{k}": v for k, v in val.items()} | {"epoch": epoch + 1, "train/elapsed_s": elapsed}, step)
         if tracker.wandb is not None:
             tracker.log_wandb(wandb_examples(val_rows, val_set.images, "val", cfg.wandb.num_examples), step)
         better = not best_val or (val["joint_acc"], -val["loss"]) > (best_val["joint_acc"], -best_val["loss"])

@@ -1,0 +1,162 @@
+"""Throughput, measured side by side in one run (these machines are noisy):
+
+1. the project's training loop (train.py: Accelerate, metrics, checkpoints, W&B offline) against a bare
+   PyTorch loop over the same model, batch size, data, augmentation and precision;
+2. the project's data path (batched indexing of in-memory tensors) against a per-sample pipeline
+   (torchvision MNIST + a Dataset.__getitem__ that draws random.randint and one-hots it, DataLoader
+   batch 128).
+
+    python bench/speed.py                         # the quick recipe's model, fp32 and bf16
+    python bench/speed.py --config configs/default.yaml --precision bf16
+
+Prints one table. Each figure is the median of `--repeats` alternating measurements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mnist_sum.augment import warp  # noqa: E402
+from mnist_sum.config import load_config  # noqa: E402
+from mnist_sum.data import SumDataset, load_splits, make_loader, set_epoch  # noqa: E402
+from mnist_sum.model import build_model, sum_loss  # noqa: E402
+
+STEPS = 120  # per measurement, after warm-up
+
+
+def bare_loop(config: str, precision: str, steps: int = STEPS) -> float:
+    """Samples/s of the plainest loop that does the same work: no Accelerate, no logging, no checks."""
+    cfg = load_config(config)
+    torch.manual_seed(0)
+    train_images, train_labels = load_splits(cfg)["train"]
+    model = build_model(cfg.model).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    batch = cfg.train.global_batch_size
+    order = torch.randperm(len(train_labels))
+    numbers = torch.randint(0, 10, (len(train_labels),))
+    for step in range(steps + 10):
+        if step == 10:  # after warm-up: time everything, batch slicing included, as train.py's figure does
+            started = time.perf_counter()
+        index = order[step * batch:(step + 1) * batch]
+        images, labels = train_images.index_select(0, index), train_labels.index_select(0, index)
+        number = numbers.index_select(0, index)
+        if cfg.augment.enabled:
+            images = warp(images, cfg.augment, 0, 0, index)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            digit_logits, sum_logits = model(images, number)
+        loss, _, _ = sum_loss(digit_logits, sum_logits, labels, number)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return batch * steps / (time.perf_counter() - started)
+
+
+def project_loop(config: str, precision: str, steps: int = STEPS) -> float:
+    """Samples/s that train.py itself reports (metrics.jsonl), launched as a user would launch it."""
+    cfg = load_config(config)
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / "run"
+        limit = (steps + 30) * cfg.train.global_batch_size
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+               "--mixed_precision", precision, "--dynamo_backend", "no", "train.py", "--config", config,
+               f"data.train_limit={limit}", "train.epochs=1", "train.log_every=30", f"run.dir={run_dir}"]
+        env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
+        subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
+        lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rates = [x["train/samples_per_s"] for x in lines if "train/samples_per_s" in x][1:]  # the first window warms up
+    return statistics.median(rates)
+
+
+class PerSampleSum(torch.utils.data.Dataset):
+    """The usual tutorial pipeline: one Python call, one PIL image and one random draw per sample."""
+
+    def __init__(self, mnist) -> None:
+        self.mnist = mnist
+
+    def __len__(self) -> int:
+        return len(self.mnist)
+
+    def __getitem__(self, i: int):
+        image, label = self.mnist[i]
+        number = random.randint(0, 9)
+        return image, torch.nn.functional.one_hot(torch.tensor(number), 10).float(), label, label + number
+
+
+def per_sample_pipeline(samples: int = 20_000) -> float:
+    from torchvision import datasets, transforms
+
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "MNIST" / "raw"
+        raw.mkdir(parents=True)
+        for gz in (ROOT / "data" / "mnist").glob("*.gz"):
+            (raw / gz.stem).write_bytes(gzip.decompress(gz.read_bytes()))
+        mnist = datasets.MNIST(tmp, train=True, download=False, transform=transforms.ToTensor())
+        loader = torch.utils.data.DataLoader(PerSampleSum(mnist), batch_size=128, shuffle=True)
+        started, seen = time.perf_counter(), 0
+        for images, *_ in loader:
+            seen += len(images)
+            if seen >= samples:
+                break
+        return seen / (time.perf_counter() - started)
+
+
+def batched_pipeline() -> float:
+    cfg = load_config(None)
+    images, labels = load_splits(cfg)["train"]
+    loader = make_loader(SumDataset(images, labels, "train", 0), 128, 0, True, 0)
+    set_epoch(loader, 0)
+    started, seen = time.perf_counter(), 0
+    for batch in loader:
+        seen += len(batch["label"])
+    return seen / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/quick.yaml")
+    parser.add_argument("--precision", nargs="+", default=["no", "bf16"], choices=["no", "bf16"])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    rows = []
+    for precision in args.precision:
+        bare, ours = [], []
+        for _ in range(args.repeats):  # alternate, so drifts in machine load hit both alike
+            bare.append(bare_loop(args.config, precision))
+            ours.append(project_loop(args.config, precision))
+        b, o = statistics.median(bare), statistics.median(ours)
+        rows.append((f"training loop, {Path(args.config).stem}, {precision}", "project loop", o, "bare PyTorch loop", b))
+    per_sample, batched = [], []
+    for _ in range(args.repeats):
+        per_sample.append(per_sample_pipeline())
+        batched.append(batched_pipeline())
+    rows.append(("data path, batch 128", "batched tensors", statistics.median(batched), "per-sample pipeline",
+                 statistics.median(per_sample)))
+
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, median of {args.repeats}")
+    print(f"| {'what':<34} | {'ours (samples/s)':>18} | {'reference (samples/s)':>26} | {'ratio':>6} |")
+    print(f"|{'-' * 36}|{'-' * 20}|{'-' * 28}|{'-' * 8}|")
+    for what, _, ours_rate, ref_name, ref_rate in rows:
+        print(f"| {what:<34} | {ours_rate:>18,.0f} | {ref_name + ': ' + format(ref_rate, ',.0f'):>26} | "
+              f"{ours_rate / ref_rate:>6.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Summarise finished runs as one Markdown table: time, throughput, time to 99% and test accuracy.
+
+    python bench/table.py runs/quick runs/default            # one row per run
+    python bench/table.py --mean runs/default-seed*           # plus a mean ± std row over the runs given
+
+Time to 99% is the training time at the first validation where both heads reached 99% on val.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+COLUMNS = ("digit_acc", "sum_acc", "exhaustive_sum_acc", "sum_acc_given_digit")
+
+
+def summarise(run_dir: Path) -> dict:
+    results = json.loads((run_dir / "results.json").read_text())
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    rates = [x["train/samples_per_s"] for x in lines if "train/samples_per_s" in x][1:]
+    to_99 = next((x["train/elapsed_s"] for x in lines if "val/digit_acc" in x
+                  and min(x["val/digit_acc"], x["val/sum_acc"]) >= 0.99), None)
+    return {"run": run_dir.name, "precision": results["mixed_precision"], "device": results["device"],
+            "world_size": results["world_size"], "wall_s": results["wall_time_s"], "train_s": results["train_time_s"],
+            "samples_per_s": statistics.median(rates) if rates else float("nan"), "to_99_s": to_99,
+            **{k: results["test"][k] for k in COLUMNS}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--mean", action="store_true", help="add a mean ± std row")
+    args = parser.parse_args()
+    rows = [summarise(r) for r in args.runs]
+    print(f"# {rows[0]['device']}, {rows[0]['world_size']} process(es)")
+    print("| run | precision | wall | train | samples/s | to 99% (val) | digit | sum | exhaustive sum | sum, digit right |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        to_99 = f"{r['to_99_s']:.0f} s" if r["to_99_s"] is not None else "-"
+        print(f"| {r['run']} | {r['precision']} | {r['wall_s']:.0f} s | {r['train_s']:.0f} s | {r['samples_per_s']:,.0f} | "
+              f"{to_99} | " + " | ".join(f"{100 * r[k]:.2f}%" for k in COLUMNS) + " |")
+    if args.mean and len(rows) > 1:
+        def ms(key: str, scale: float = 1.0, fmt: str = ".2f") -> str:
+            values = [scale * r[key] for r in rows]
+            return f"{statistics.mean(values):{fmt}} ± {statistics.stdev(values):{fmt}}"
+        print(f"| mean ± std of {len(rows)} | | {ms('wall_s', fmt='.0f')} s | {ms('train_s', fmt='.0f')} s | | | "
+              + " | ".join(ms(k, 100) + "%" for k in COLUMNS) + " |")
+
+
+if __name__ == "__main__":
+    main()
