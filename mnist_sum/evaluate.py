@@ -125,7 +125,8 @@ def _table(report: dict) -> str:
         ("sum, where the digit is right", t["sum_acc_given_digit"], digit_right),
         ("sum, every image with every number", t["exhaustive_sum_acc"], pairs),
     ]
-    lines = [f"{report['weights']} on the {n:,} MNIST test images ({report['mixed_precision']} precision)",
+    precision = "fp32" if report["mixed_precision"] == "no" else report["mixed_precision"]
+    lines = [f"{report['weights']} on the {n:,} MNIST test images ({precision})",
              f"  {'accuracy':<36} {'':>8}  {'right / total':>17}"]
     lines += [f"  {name:<36} {acc:8.2%}  {round(acc * total):>8,} / {total:,}" for name, acc, total in rows]
     return "\n".join(lines)

@@ -33,20 +33,20 @@ def read_records(path: Path) -> list[wandb_internal_pb2.Record]:
     return [wandb_internal_pb2.Record.FromString(r) for r in records]
 
 
+def _items(items) -> dict:
+    return {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in items}
+
+
 def history(path: Path) -> list[dict]:
-    """Each logged row as {key: value}, with W&B's own `_step`."""
-    rows = []
-    for record in read_records(path):
-        if record.WhichOneof("record_type") == "history":
-            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
-    return rows
+    """Each logged row as {key: value}, with W&B's own `_step`; nested keys joined with '/'."""
+    return [_items(r.history.item) for r in read_records(path) if r.WhichOneof("record_type") == "history"]
 
 
 def summary(path: Path) -> dict:
     out = {}
     for record in read_records(path):
         if record.WhichOneof("record_type") == "summary":
-            out.update({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.summary.update})
+            out.update(_items(record.summary.update))
     return out
 
 
@@ -54,5 +54,5 @@ def config(path: Path) -> dict:
     out = {}
     for record in read_records(path):
         if record.WhichOneof("record_type") == "config":
-            out.update({item.key: json.loads(item.value_json) for item in record.config.update})
+            out.update(_items(record.config.update))
     return out
