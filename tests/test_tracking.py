@@ -59,6 +59,17 @@ def test_without_api_key_or_mode_wandb_goes_offline_without_prompting(tmp_path):
                     f"wandb sync {path.parent}")
 
 
+def test_with_a_key_but_no_route_to_the_server_wandb_goes_offline(tmp_path):
+    # A key is configured, but the server (here a closed port on this machine) cannot be reached.
+    env = {"WANDB_MODE": "", "WANDB_API_KEY": "0" * 40, "WANDB_BASE_URL": "https://127.0.0.1:9",
+           "HOME": str(tmp_path), "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config")}
+    result = run_python(["train.py", "--config", "configs/smoke.yaml", "data.train_limit=1024",
+                         f"run.dir={tmp_path / 'run'}"], extra_env=env, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "mnist-sum: W&B is logging offline (127.0.0.1 cannot be reached); upload later with: wandb sync" in result.stderr
+    assert _wandb_file(tmp_path / "run")
+
+
 def test_wandb_disabled_writes_no_wandb_files(tmp_path):
     result = run_python(["train.py", "--config", "configs/smoke.yaml", "data.train_limit=1024", "wandb.mode=disabled",
                          f"run.dir={tmp_path / 'run'}"], extra_env={"WANDB_MODE": ""})
