@@ -67,6 +67,13 @@ def bare_loop(config: str, precision: str, steps: int = STEPS) -> float:
     return batch * steps / (time.perf_counter() - started)
 
 
+def bare_loop_fresh(config: str, precision: str) -> float:
+    """bare_loop in a fresh process, as train.py runs: a warm benchmark process would flatter the bare loop."""
+    code = f"import sys; sys.path.insert(0, 'bench'); import speed; print(speed.bare_loop({config!r}, {precision!r}))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
 def project_loop(config: str, precision: str, steps: int = STEPS) -> float:
     """Samples/s that train.py itself reports (metrics.jsonl), launched as a user would launch it."""
     cfg = load_config(config)
@@ -138,7 +145,7 @@ def main() -> None:
     for precision in args.precision:
         bare, ours = [], []
         for _ in range(args.repeats):  # alternate, so drifts in machine load hit both alike
-            bare.append(bare_loop(args.config, precision))
+            bare.append(bare_loop_fresh(args.config, precision))
             ours.append(project_loop(args.config, precision))
         b, o = statistics.median(bare), statistics.median(ours)
         rows.append((f"training loop, {Path(args.config).stem}, {precision}", "project loop", o, "bare PyTorch loop", b))
