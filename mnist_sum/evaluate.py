@@ -86,22 +86,14 @@ def metrics(rows: dict[str, torch.Tensor]) -> dict[str, float | int]:
 # The evaluate command: score saved weights on the test split
 
 
-def _resolve(target: str) -> tuple[Path, Path | None]:
-    """(weights file, run folder or None) from a run folder or a .safetensors path."""
-    path = Path(target)
-    if path.is_dir():
-        return path / "model.safetensors", path
-    return path, path.parent if (path.parent / "config.yaml").is_file() else None
-
-
 def evaluate_weights(target: str, batch_size: int | None = None, mixed_precision: str | None = None) -> dict:
     """Test metrics (fixed pairs and exhaustive) of saved weights, on the data and pairs of their run, in the
     run's mixed precision (from its results.json) unless `mixed_precision` says otherwise."""
     from mnist_sum.config import load_config
     from mnist_sum.data import load_splits, make_datasets, make_loader
-    from mnist_sum.outputs import load_weights
+    from mnist_sum.outputs import load_weights, resolve_weights
 
-    weights, run_dir = _resolve(target)
+    weights, run_dir = resolve_weights(target)
     model = load_weights(weights)
     # The run's own config decides the data source and the (image, number) pairs; bare weights use the defaults.
     cfg = load_config(run_dir / "config.yaml" if run_dir else None)

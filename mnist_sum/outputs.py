@@ -25,6 +25,14 @@ def save_weights(path: Path, model: SumNet, cfg: ModelConfig) -> None:
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
+def resolve_weights(target: str | Path) -> tuple[Path, Path | None]:
+    """(weights file, its run folder or None) from a run folder or a .safetensors path."""
+    path = Path(target)
+    if path.is_dir():
+        return path / "model.safetensors", path
+    return path, path.parent if (path.parent / "config.yaml").is_file() else None
+
+
 def load_weights(path: str | Path) -> SumNet:
     """Rebuild the network from a model.safetensors written by `save_weights`."""
     path = Path(path)

@@ -71,10 +71,9 @@ def to_mnist(image: Image.Image) -> np.ndarray:
 
 
 def predict_files(weights: str, number: int, paths: list[str]) -> list[dict]:
-    from mnist_sum.evaluate import _resolve
-    from mnist_sum.outputs import load_weights
+    from mnist_sum.outputs import load_weights, resolve_weights
 
-    model = load_weights(_resolve(weights)[0])
+    model = load_weights(resolve_weights(weights)[0])
     images = torch.from_numpy(np.stack([to_mnist(_open(Path(p))) for p in paths]))
     numbers = torch.full((len(paths),), number, dtype=torch.long)
     with torch.no_grad():

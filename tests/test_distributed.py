@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, child_env, descendants, free_port
+from conftest import ROOT, child_env, descendants, free_port, launch_cmd
 
 SMOKE = ["train.py", "--config", "configs/smoke.yaml"]
 
@@ -48,9 +48,7 @@ def test_one_and_two_processes_follow_the_same_loss_curve(smoke_run, tmp_path):
     # reduction order, BatchNorm statistics (per process: 32 samples instead of 64) and dropout draws.
     # Measured on the smoke run: at most 1.1% apart per 8-step window, val loss 0.13% apart.
     one = [json.loads(x) for x in _lines(smoke_run[0] / "metrics.jsonl")]
-    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                             "--num_machines", "1", "--main_process_port", str(free_port()), "--mixed_precision", "no",
-                             "--dynamo_backend", "no", *SMOKE, "wandb.mode=disabled", f"run.dir={tmp_path / 'two'}"],
+    result = subprocess.run([*launch_cmd(2), *SMOKE, "wandb.mode=disabled", f"run.dir={tmp_path / 'two'}"],
                             cwd=ROOT, env=child_env() | {"WANDB_MODE": "disabled"}, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -76,9 +74,8 @@ def _worker(launcher_pid: int, rank: int) -> int:
 
 
 def _start_and_wait(run_dir, extra=()) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
-           "1", "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no", *SMOKE,
-           "train.epochs=3", "checkpoint.every_steps=16", "wandb.mode=disabled", *extra, f"run.dir={run_dir}"]
+    cmd = [*launch_cmd(2), *SMOKE, "train.epochs=3", "checkpoint.every_steps=16", "wandb.mode=disabled", *extra,
+           f"run.dir={run_dir}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env() | {"WANDB_MODE": "disabled"}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
