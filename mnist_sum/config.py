@@ -121,7 +121,7 @@ class OptimConfig:
 class TrainConfig:
     seed: int = 0
     """Seeds weights, sample order and the random numbers; one seed, one run."""
-    epochs: int = 6
+    epochs: int = 10
     """Passes over the training images."""
     global_batch_size: int = 128
     """Samples per optimizer step over all processes; each process takes global / processes."""

@@ -13,6 +13,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, broadcast_object_list
 
 from mnist_sum.config import Config
+from mnist_sum.cpu import keep_freed_memory, set_threads
 from mnist_sum.errors import UsageError
 
 T = TypeVar("T")
@@ -31,10 +32,8 @@ def make_accelerator(log_with: str | None = None, timeout_s: int = 300, cpu_thre
         raise UsageError(f"launched {world} processes but Accelerate formed a group of {accelerator.num_processes}",
                          "check the accelerate launch flags (--multi_gpu, --num_processes, --num_machines)")
     if accelerator.device.type == "cpu":
-        # `accelerate launch` without --cpu sets OMP_NUM_THREADS=1 on a machine without GPUs (measured: 25% slower
-        # on 2 cores); share this machine's cores among its processes instead, unless told a number.
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        torch.set_num_threads(cpu_threads or max(1, len(os.sched_getaffinity(0)) // local))
+        set_threads(cpu_threads)
+        keep_freed_memory()
     return accelerator
 
 

@@ -10,11 +10,10 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
-from mnist_sum.model import NUM_DIGITS, SumNet
+from mnist_sum.model import NUM_DIGITS, SumNet, sum_loss
 
 
 @torch.no_grad()
@@ -31,7 +30,7 @@ def predict(model: SumNet, loader: DataLoader, accelerator: Accelerator, exhaust
         with accelerator.autocast():
             digit_logits = model.digit_logits(batch["image"])
             sum_logits = model.sum_logits(digit_logits, batch["number"])
-        digit_ce, sum_ce = _per_sample_losses(digit_logits, sum_logits, batch["label"], batch["number"])
+        _, digit_ce, sum_ce = sum_loss(digit_logits, sum_logits, batch["label"], batch["number"], reduction="none")
         rows = {
             "index": batch["index"].to(digit_logits.device),
             "label": batch["label"],
@@ -53,11 +52,6 @@ def predict(model: SumNet, loader: DataLoader, accelerator: Accelerator, exhaust
             columns.setdefault(key, []).append(value.cpu())
     model.train(was_training)
     return {key: torch.cat(parts) for key, parts in columns.items()}
-
-
-def _per_sample_losses(digit_logits, sum_logits, labels, numbers) -> tuple[torch.Tensor, torch.Tensor]:
-    digit = F.cross_entropy(digit_logits.float(), labels, reduction="none")
-    return digit, F.cross_entropy(sum_logits.float(), labels + numbers, reduction="none")
 
 
 def metrics(rows: dict[str, torch.Tensor]) -> dict[str, float | int]:

@@ -69,8 +69,10 @@ def build_model(cfg: ModelConfig) -> SumNet:
 
 
 def sum_loss(digit_logits: torch.Tensor, sum_logits: torch.Tensor, labels: torch.Tensor, numbers: torch.Tensor,
-             label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(total, digit CE, sum CE); the total is the mean of the two cross-entropies."""
-    digit = F.cross_entropy(digit_logits.float(), labels, label_smoothing=label_smoothing)
-    total_sum = F.cross_entropy(sum_logits.float(), labels + numbers, label_smoothing=label_smoothing)
+             label_smoothing: float = 0.0, reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, digit CE, sum CE); the total is the mean of the two cross-entropies.
+    `reduction="none"` gives them per sample (for scoring)."""
+    digit = F.cross_entropy(digit_logits.float(), labels, label_smoothing=label_smoothing, reduction=reduction)
+    total_sum = F.cross_entropy(sum_logits.float(), labels + numbers, label_smoothing=label_smoothing,
+                                reduction=reduction)
     return (digit + total_sum) / 2, digit, total_sum

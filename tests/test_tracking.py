@@ -41,7 +41,8 @@ def test_offline_wandb_run_holds_the_logged_metrics(smoke_run):
     final = summary(path)
     for key in ("digit_acc", "sum_acc", "joint_acc", "exhaustive_sum_acc", "sum_acc_given_digit"):
         assert final[f"test/{key}"] == pytest.approx(results["test"][key])
-    assert final["val/joint_acc"] == {"max": pytest.approx(results["best_val"]["joint_acc"])}  # define_metric
+    assert final["val/joint_acc"] == {"max": pytest.approx(val[0]["val/joint_acc"])}  # define_metric
+    assert final["val/loss"] == {"min": pytest.approx(results["best_val"]["loss"])}  # the selected epoch
     assert config(path)["optim"]["lr"] == 0.003
 
 
