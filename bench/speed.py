@@ -9,9 +9,12 @@
     python bench/speed.py                         # the quick recipe's model, fp32 and bf16
     python bench/speed.py --config configs/default.yaml --precision bf16
 
-Prints one table. The loops are timed in windows of 30 steps (train.py's log interval), alternating runs
-of each; the figure is the best window of all runs, as `timeit` takes the best of its repeats: on a shared
-machine the slower windows measure the neighbours, not the loop. The ratio of the medians is printed too.
+Prints one table. The loops are timed in windows of 30 steps (train.py's log interval), two ways:
+- side by side: train.py and the bare loop run at the same time, one thread each on its own core, over the
+  same seconds, so a slow spell of this shared machine slows both alike; the ratio is the median of the
+  per-pair ratios. This is the figure to read on a noisy machine.
+- in turn: each alone with all cores, alternating runs; the best window (as `timeit` takes the best of its
+  repeats) and the median window of all runs.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -44,10 +48,13 @@ WINDOW = 30  # steps per timed window, as train.py's log interval below
 WINDOWS = 5  # per run; the first is warm-up and is dropped, as for train.py
 
 
-def bare_loop(config: str, precision: str) -> list[float]:
+def bare_loop(config: str, precision: str, threads: int = 0, start: str = "", stop: str = "") -> list[float]:
     """Samples/s of the plainest loop that does the same work (no Accelerate, no logging, no checks), per window.
-    With train.py's CPU settings (threads, allocator), so that the ratio measures Accelerate and bookkeeping."""
-    set_threads()
+    With train.py's CPU settings (threads, allocator), so that the ratio measures Accelerate and bookkeeping.
+
+    Alone: WINDOWS windows, the first dropped as warm-up. Side by side: one warm-up window, then windows from
+    the moment the file `start` exists until the file `stop` does (the unfinished window is dropped)."""
+    set_threads(threads)
     keep_freed_memory()
     cfg = load_config(config)
     torch.manual_seed(0)
@@ -57,10 +64,12 @@ def bare_loop(config: str, precision: str) -> list[float]:
     batch = cfg.train.global_batch_size
     order = torch.randperm(len(train_labels))
     numbers = torch.randint(0, 10, (len(train_labels),))
-    rates = []
+    per_epoch = len(train_labels) // batch
+    rates, step = [], 0
     started = time.perf_counter()
-    for step in range(WINDOW * WINDOWS):
-        index = order[step * batch:(step + 1) * batch]  # batch slicing is timed, as it is in train.py's figure
+    while not (stop and os.path.exists(stop)) and (stop or len(rates) < WINDOWS):
+        at = step % per_epoch
+        index = order[at * batch:(at + 1) * batch]  # batch slicing is timed, as it is in train.py's figure
         images, labels = train_images.index_select(0, index), train_labels.index_select(0, index)
         number = numbers.index_select(0, index)
         if cfg.augment.enabled:
@@ -71,32 +80,79 @@ def bare_loop(config: str, precision: str) -> list[float]:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if (step + 1) % WINDOW == 0:
+        step += 1
+        if step % WINDOW == 0:
             rates.append(batch * WINDOW / (time.perf_counter() - started))
+            while start and not os.path.exists(start):  # warm, waiting for train.py's first window to end
+                time.sleep(0.005)
             started = time.perf_counter()
     return rates[1:]
 
 
-def bare_loop_fresh(config: str, precision: str) -> list[float]:
+def bare_loop_fresh(config: str, precision: str, **kwargs) -> subprocess.Popen:
     """bare_loop in a fresh process, as train.py runs: a warm benchmark process would flatter the bare loop."""
-    code = f"import sys; sys.path.insert(0, 'bench'); import speed; print(speed.bare_loop({config!r}, {precision!r}))"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    call = f"speed.bare_loop({config!r}, {precision!r}, **{kwargs!r})"
+    code = f"import sys; sys.path.insert(0, 'bench'); import speed; print({call})"
+    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+
+
+def rates_of(process: subprocess.Popen) -> list[float]:
+    out, _ = process.communicate()
+    if process.returncode:
+        raise SystemExit(f"the bare loop failed (exit {process.returncode})")
     return json.loads(out.strip().splitlines()[-1])
 
 
-def project_loop(config: str, precision: str) -> list[float]:
-    """Samples/s that train.py itself reports (metrics.jsonl), launched as a user would launch it."""
+def project_loop(config: str, precision: str, threads: int = 0, windows: int = WINDOWS,
+                 on_line: Callable[[int], None] | None = None) -> list[float]:
+    """Samples/s that train.py itself reports (metrics.jsonl), launched as a user would launch it.
+    `on_line(n)` is called as the n-th training log line appears (for the side-by-side measurement)."""
     cfg = load_config(config)
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
-        limit = WINDOW * WINDOWS * cfg.train.global_batch_size
+        limit = WINDOW * windows * cfg.train.global_batch_size
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
                "--mixed_precision", precision, "--dynamo_backend", "no", "train.py", "--config", config,
-               f"data.train_limit={limit}", "train.epochs=1", f"train.log_every={WINDOW}", f"run.dir={run_dir}"]
+               f"data.train_limit={limit}", "train.epochs=1", f"train.log_every={WINDOW}", f"train.cpu_threads={threads}",
+               f"run.dir={run_dir}"]
         env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
-        subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
+        log = open(Path(tmp) / "log", "w+")  # not a pipe: tqdm's output would fill it and stall the run
+        process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        seen = 0
+        while process.poll() is None and on_line:
+            metrics = run_dir / "metrics.jsonl"
+            lines = metrics.read_text().count("train/samples_per_s") if metrics.exists() else 0
+            for n in range(seen + 1, lines + 1):
+                on_line(n)
+            seen = lines
+            time.sleep(0.005)
+        if process.wait():
+            log.seek(0)
+            raise SystemExit(f"train.py failed: {log.read()[-2000:]}")
+        log.close()
         lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [x["train/samples_per_s"] for x in lines if "train/samples_per_s" in x][1:]  # the first window warms up
+
+
+def side_by_side(config: str, precision: str, windows: int = 8) -> tuple[float, float]:
+    """Median samples/s of train.py and of the bare loop running at the same time, one thread each on its own
+    core, timed over the same seconds: a slow spell of the machine slows both alike."""
+    with tempfile.TemporaryDirectory() as tmp:
+        start, stop = Path(tmp) / "start", Path(tmp) / "stop"
+        bare = bare_loop_fresh(config, precision, threads=1, start=str(start), stop=str(stop))
+
+        def on_line(n: int) -> None:
+            if n == 1:  # train.py's warm-up window is over: the bare loop starts timing
+                start.touch()
+            if n == windows:  # train.py's last window is over
+                stop.touch()
+
+        try:
+            ours = project_loop(config, precision, threads=1, windows=windows, on_line=on_line)
+        finally:
+            start.touch()
+            stop.touch()
+        return statistics.median(ours), statistics.median(rates_of(bare))
 
 
 class PerSampleSum(torch.utils.data.Dataset):
@@ -152,27 +208,32 @@ def main() -> None:
 
     rows = []
     for precision in args.precision:
+        name = "fp32" if precision == "no" else precision
+        pairs = [side_by_side(args.config, precision) for _ in range(args.repeats)]
+        ratio = statistics.median(o / b for o, b in pairs)
+        rows.append((f"loop {name}, side by side, 1 thread each", statistics.median(o for o, _ in pairs),
+                     "bare loop", statistics.median(b for _, b in pairs), ratio))
         bare, ours = [], []
         for _ in range(args.repeats):  # alternate, so drifts in machine load hit both alike
-            bare += bare_loop_fresh(args.config, precision)
+            bare += rates_of(bare_loop_fresh(args.config, precision))
             ours += project_loop(args.config, precision)
-        median_ratio = statistics.median(ours) / statistics.median(bare)
-        rows.append((f"training loop, {Path(args.config).stem}, {precision}", max(ours), "bare PyTorch loop", max(bare),
-                     f"{median_ratio:.2f}"))
+        rows.append((f"loop {name}, in turn, best window", max(ours), "bare loop", max(bare), max(ours) / max(bare)))
+        rows.append((f"loop {name}, in turn, median window", statistics.median(ours), "bare loop",
+                     statistics.median(bare), statistics.median(ours) / statistics.median(bare)))
     per_sample, batched = [], []
     for _ in range(args.repeats):
         per_sample.append(per_sample_pipeline())
         batched.append(batched_pipeline())
-    rows.append(("data path, batch 128", max(batched), "per-sample pipeline", max(per_sample), ""))
+    rows.append(("data path, batch 128, best run", max(batched), "per-sample pipeline", max(per_sample),
+                 max(batched) / max(per_sample)))
 
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, best of {args.repeats} alternating runs")
-    print(f"| {'what':<34} | {'ours (samples/s)':>18} | {'reference (samples/s)':>30} | {'ratio':>6} | "
-          f"{'ratio of medians':>16} |")
-    print(f"|{'-' * 36}|{'-' * 20}|{'-' * 32}|{'-' * 8}|{'-' * 18}|")
-    for what, ours_rate, ref_name, ref_rate, median_ratio in rows:
-        print(f"| {what:<34} | {ours_rate:>18,.0f} | {ref_name + ': ' + format(ref_rate, ',.0f'):>30} | "
-              f"{ours_rate / ref_rate:>6.2f} | {median_ratio:>16} |")
+          f"config {args.config}, {args.repeats} alternating runs of each")
+    print(f"| {'what':<42} | {'ours (samples/s)':>16} | {'reference (samples/s)':>30} | {'ratio':>6} |")
+    print(f"|{'-' * 44}|{'-' * 18}|{'-' * 32}|{'-' * 8}|")
+    for what, ours_rate, ref_name, ref_rate, ratio in rows:
+        print(f"| {what:<42} | {ours_rate:>16,.0f} | {ref_name + ': ' + format(ref_rate, ',.0f'):>30} | "
+              f"{ratio:>6.2f} |")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ def summarise(run_dir: Path) -> dict:
     rates = [x["train/samples_per_s"] for x in lines if "train/samples_per_s" in x][1:]
     to_99 = next((x["train/elapsed_s"] for x in lines if "val/digit_acc" in x
                   and min(x["val/digit_acc"], x["val/sum_acc"]) >= 0.99), None)
-    return {"run": run_dir.name, "precision": results["mixed_precision"], "device": results["device"],
+    precision = {"no": "fp32"}.get(results["mixed_precision"], results["mixed_precision"])
+    return {"run": run_dir.name, "precision": precision, "device": results["device"],
             "world_size": results["world_size"], "wall_s": results["wall_time_s"], "train_s": results["train_time_s"],
             "samples_per_s": statistics.median(rates) if rates else float("nan"), "to_99_s": to_99,
             **{k: results["test"][k] for k in COLUMNS}}
