@@ -9,12 +9,14 @@
     python bench/speed.py                         # the quick recipe's model, fp32 and bf16
     python bench/speed.py --config configs/default.yaml --precision bf16
 
-Prints one table. The loops are timed in windows of 30 steps (train.py's log interval), two ways:
+Prints one table. The loops are timed in windows of steps, three ways:
 - side by side: train.py and the bare loop run at the same time, one thread each on its own core, over the
   same seconds, so a slow spell of this shared machine slows both alike; the ratio is the median of the
-  per-pair ratios. This is the figure to read on a noisy machine.
+  per-pair ratios.
+- one process, alternating: train.py's step through Accelerate and the bare step, in alternating windows
+  of one fresh process (all of train.py but its bookkeeping, with the least noise).
 - in turn: each alone with all cores, alternating runs; the best window (as `timeit` takes the best of its
-  repeats) and the median window of all runs.
+  repeats) and the median window of all runs. The noisiest.
 """
 
 from __future__ import annotations
@@ -48,6 +50,20 @@ WINDOW = 30  # steps per timed window, as train.py's log interval below
 WINDOWS = 5  # per run; the first is warm-up and is dropped, as for train.py
 
 
+def bare_step(model, optimizer, cfg, precision: str, train_images, train_labels, numbers, index) -> None:
+    """One training step with nothing around it: the batch cut by tensor indexing, warp, forward, loss, update."""
+    images, labels = train_images.index_select(0, index), train_labels.index_select(0, index)
+    number = numbers.index_select(0, index)
+    if cfg.augment.enabled:
+        images = warp(images, cfg.augment, 0, 0, index)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        digit_logits, sum_logits = model(images, number)
+    loss, _, _ = sum_loss(digit_logits, sum_logits, labels, number)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 def bare_loop(config: str, precision: str, threads: int = 0, start: str = "", stop: str = "") -> list[float]:
     """Samples/s of the plainest loop that does the same work (no Accelerate, no logging, no checks), per window.
     With train.py's CPU settings (threads, allocator), so that the ratio measures Accelerate and bookkeeping.
@@ -70,16 +86,7 @@ def bare_loop(config: str, precision: str, threads: int = 0, start: str = "", st
     while not (stop and os.path.exists(stop)) and (stop or len(rates) < WINDOWS):
         at = step % per_epoch
         index = order[at * batch:(at + 1) * batch]  # batch slicing is timed, as it is in train.py's figure
-        images, labels = train_images.index_select(0, index), train_labels.index_select(0, index)
-        number = numbers.index_select(0, index)
-        if cfg.augment.enabled:
-            images = warp(images, cfg.augment, 0, 0, index)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            digit_logits, sum_logits = model(images, number)
-        loss, _, _ = sum_loss(digit_logits, sum_logits, labels, number)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        bare_step(model, optimizer, cfg, precision, train_images, train_labels, numbers, index)
         step += 1
         if step % WINDOW == 0:
             rates.append(batch * WINDOW / (time.perf_counter() - started))
@@ -87,6 +94,70 @@ def bare_loop(config: str, precision: str, threads: int = 0, start: str = "", st
                 time.sleep(0.005)
             started = time.perf_counter()
     return rates[1:]
+
+
+def accelerate_ab(config: str, precision: str, rounds: int = 20, steps: int = 20) -> list[float]:
+    """[Accelerate step, bare step] median samples/s, timed in one process in alternating windows of `steps`
+    steps, so that both see the same machine at the same moments. The Accelerate step is train.py's: the
+    model, optimizer, LR schedule and data loader through `accelerator.prepare`, `accelerator.backward`."""
+    from accelerate.utils import set_seed
+
+    from mnist_sum.data import make_datasets
+    from mnist_sum.distributed import make_accelerator
+
+    accelerator = make_accelerator()  # train.py's: CPU threads and allocator too
+    cfg = load_config(config)
+    splits = load_splits(cfg)
+    train_set = make_datasets(cfg, splits)[0]
+    set_seed(0)
+    bare_model = build_model(cfg.model).train()
+    bare_opt = torch.optim.AdamW(bare_model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    model = build_model(cfg.model).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    loader = make_loader(train_set, cfg.train.global_batch_size, 0, True, 0)
+    model, optimizer, scheduler, loader = accelerator.prepare(model, optimizer, scheduler, loader)
+
+    def batches():
+        for epoch in range(10**6):
+            set_epoch(loader, epoch)
+            yield from loader
+
+    stream, order, batch = batches(), torch.randperm(len(train_set)), cfg.train.global_batch_size
+    numbers, per_epoch, done = train_set.numbers(), len(train_set) // batch, [0]
+
+    def accelerate_window() -> None:
+        for _ in range(steps):
+            b = next(stream)
+            images = warp(b["image"], cfg.augment, 0, 0, b["index"]) if cfg.augment.enabled else b["image"]
+            digit_logits, sum_logits = model(images, b["number"])
+            loss, _, _ = sum_loss(digit_logits, sum_logits, b["label"], b["number"])
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    def bare_window() -> None:
+        for _ in range(steps):
+            at = done[0] % per_epoch
+            done[0] += 1
+            bare_step(bare_model, bare_opt, cfg, precision, *splits["train"], numbers, order[at * batch:(at + 1) * batch])
+
+    rates: list[list[float]] = [[], []]
+    for round_ in range(rounds + 1):  # the first round warms up
+        for i, window in enumerate((accelerate_window, bare_window)):
+            started = time.perf_counter()
+            window()
+            if round_:
+                rates[i].append(steps * batch / (time.perf_counter() - started))
+    return [statistics.median(r) for r in rates]
+
+
+def accelerate_ab_fresh(config: str, precision: str) -> list[float]:
+    code = f"import sys; sys.path.insert(0, 'bench'); import speed; print(speed.accelerate_ab({config!r}, {precision!r}))"
+    env = dict(os.environ, ACCELERATE_MIXED_PRECISION=precision)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def bare_loop_fresh(config: str, precision: str, **kwargs) -> subprocess.Popen:
@@ -213,6 +284,9 @@ def main() -> None:
         ratio = statistics.median(o / b for o, b in pairs)
         rows.append((f"loop {name}, side by side, 1 thread each", statistics.median(o for o, _ in pairs),
                      "bare loop", statistics.median(b for _, b in pairs), ratio))
+        ours_step, bare_step_rate = accelerate_ab_fresh(args.config, precision)
+        rows.append((f"step {name}, one process, alternating", ours_step, "bare step", bare_step_rate,
+                     ours_step / bare_step_rate))
         bare, ours = [], []
         for _ in range(args.repeats):  # alternate, so drifts in machine load hit both alike
             bare += rates_of(bare_loop_fresh(args.config, precision))
