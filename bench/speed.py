@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import itertools
 import json
 import os
 import platform
@@ -32,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -48,6 +49,16 @@ from mnist_sum.model import build_model, sum_loss  # noqa: E402
 
 WINDOW = 30  # steps per timed window, as train.py's log interval below
 WINDOWS = 5  # per run; the first is warm-up and is dropped, as for train.py
+
+
+def model_and_optimizer(cfg):
+    model = build_model(cfg.model).train()
+    return model, torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+
+
+def bare_batches(n: int, batch: int) -> Iterator[torch.Tensor]:
+    """Index tensors of whole shuffled batches, epoch after epoch."""
+    return itertools.cycle(torch.randperm(n)[: n // batch * batch].split(batch))
 
 
 def bare_step(model, optimizer, cfg, precision: str, train_images, train_labels, numbers, index) -> None:
@@ -75,21 +86,16 @@ def bare_loop(config: str, precision: str, threads: int = 0, start: str = "", st
     cfg = load_config(config)
     torch.manual_seed(0)
     train_images, train_labels = load_splits(cfg)["train"]
-    model = build_model(cfg.model).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    batch = cfg.train.global_batch_size
-    order = torch.randperm(len(train_labels))
+    model, optimizer = model_and_optimizer(cfg)
     numbers = torch.randint(0, 10, (len(train_labels),))
-    per_epoch = len(train_labels) // batch
-    rates, step = [], 0
+    rates = []
     started = time.perf_counter()
-    while not (stop and os.path.exists(stop)) and (stop or len(rates) < WINDOWS):
-        at = step % per_epoch
-        index = order[at * batch:(at + 1) * batch]  # batch slicing is timed, as it is in train.py's figure
+    for step, index in enumerate(bare_batches(len(train_labels), cfg.train.global_batch_size), start=1):
+        if (stop and os.path.exists(stop)) or (not stop and len(rates) == WINDOWS):
+            break
         bare_step(model, optimizer, cfg, precision, train_images, train_labels, numbers, index)
-        step += 1
         if step % WINDOW == 0:
-            rates.append(batch * WINDOW / (time.perf_counter() - started))
+            rates.append(len(index) * WINDOW / (time.perf_counter() - started))
             while start and not os.path.exists(start):  # warm, waiting for train.py's first window to end
                 time.sleep(0.005)
             started = time.perf_counter()
@@ -99,7 +105,8 @@ def bare_loop(config: str, precision: str, threads: int = 0, start: str = "", st
 def accelerate_ab(config: str, precision: str, rounds: int = 20, steps: int = 20) -> list[float]:
     """[Accelerate step, bare step] median samples/s, timed in one process in alternating windows of `steps`
     steps, so that both see the same machine at the same moments. The Accelerate step is train.py's: the
-    model, optimizer, LR schedule and data loader through `accelerator.prepare`, `accelerator.backward`."""
+    model, optimizer, LR schedule and data loader through `accelerator.prepare`, `accelerator.backward`.
+    The mixed precision comes from the environment, as under `accelerate launch` (see `fresh`)."""
     from accelerate.utils import set_seed
 
     from mnist_sum.data import make_datasets
@@ -110,25 +117,22 @@ def accelerate_ab(config: str, precision: str, rounds: int = 20, steps: int = 20
     splits = load_splits(cfg)
     train_set = make_datasets(cfg, splits)[0]
     set_seed(0)
-    bare_model = build_model(cfg.model).train()
-    bare_opt = torch.optim.AdamW(bare_model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    model = build_model(cfg.model).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    bare_model, bare_optimizer = model_and_optimizer(cfg)
+    model, optimizer = model_and_optimizer(cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     loader = make_loader(train_set, cfg.train.global_batch_size, 0, True, 0)
     model, optimizer, scheduler, loader = accelerator.prepare(model, optimizer, scheduler, loader)
 
-    def batches():
-        for epoch in range(10**6):
+    def loader_batches():
+        for epoch in itertools.count():
             set_epoch(loader, epoch)
             yield from loader
 
-    stream, order, batch = batches(), torch.randperm(len(train_set)), cfg.train.global_batch_size
-    numbers, per_epoch, done = train_set.numbers(), len(train_set) // batch, [0]
+    ours, bare = loader_batches(), bare_batches(len(train_set), cfg.train.global_batch_size)
+    numbers = train_set.numbers()
 
     def accelerate_window() -> None:
-        for _ in range(steps):
-            b = next(stream)
+        for b in itertools.islice(ours, steps):
             images = warp(b["image"], cfg.augment, 0, 0, b["index"]) if cfg.augment.enabled else b["image"]
             digit_logits, sum_logits = model(images, b["number"])
             loss, _, _ = sum_loss(digit_logits, sum_logits, b["label"], b["number"])
@@ -138,10 +142,8 @@ def accelerate_ab(config: str, precision: str, rounds: int = 20, steps: int = 20
             optimizer.zero_grad(set_to_none=True)
 
     def bare_window() -> None:
-        for _ in range(steps):
-            at = done[0] % per_epoch
-            done[0] += 1
-            bare_step(bare_model, bare_opt, cfg, precision, *splits["train"], numbers, order[at * batch:(at + 1) * batch])
+        for index in itertools.islice(bare, steps):
+            bare_step(bare_model, bare_optimizer, cfg, precision, *splits["train"], numbers, index)
 
     rates: list[list[float]] = [[], []]
     for round_ in range(rounds + 1):  # the first round warms up
@@ -149,28 +151,22 @@ def accelerate_ab(config: str, precision: str, rounds: int = 20, steps: int = 20
             started = time.perf_counter()
             window()
             if round_:
-                rates[i].append(steps * batch / (time.perf_counter() - started))
+                rates[i].append(steps * cfg.train.global_batch_size / (time.perf_counter() - started))
     return [statistics.median(r) for r in rates]
 
 
-def accelerate_ab_fresh(config: str, precision: str) -> list[float]:
-    code = f"import sys; sys.path.insert(0, 'bench'); import speed; print(speed.accelerate_ab({config!r}, {precision!r}))"
-    env = dict(os.environ, ACCELERATE_MIXED_PRECISION=precision)
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def fresh(function: str, *args, **kwargs) -> subprocess.Popen:
+    """`speed.<function>(*args, **kwargs)` in a fresh process, as train.py runs (a warm benchmark process would
+    flatter the bare loop), under `accelerate launch`'s environment variable for the precision (args[1])."""
+    code = f"import sys; sys.path.insert(0, 'bench'); import speed; print(speed.{function}(*{args!r}, **{kwargs!r}))"
+    env = dict(os.environ, ACCELERATE_MIXED_PRECISION=args[1])
+    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
 
 
-def bare_loop_fresh(config: str, precision: str, **kwargs) -> subprocess.Popen:
-    """bare_loop in a fresh process, as train.py runs: a warm benchmark process would flatter the bare loop."""
-    call = f"speed.bare_loop({config!r}, {precision!r}, **{kwargs!r})"
-    code = f"import sys; sys.path.insert(0, 'bench'); import speed; print({call})"
-    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-
-
-def rates_of(process: subprocess.Popen) -> list[float]:
+def result_of(process: subprocess.Popen) -> list[float]:
     out, _ = process.communicate()
     if process.returncode:
-        raise SystemExit(f"the bare loop failed (exit {process.returncode})")
+        raise SystemExit(f"a benchmark process failed (exit {process.returncode})")
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -210,7 +206,7 @@ def side_by_side(config: str, precision: str, windows: int = 8) -> tuple[float, 
     core, timed over the same seconds: a slow spell of the machine slows both alike."""
     with tempfile.TemporaryDirectory() as tmp:
         start, stop = Path(tmp) / "start", Path(tmp) / "stop"
-        bare = bare_loop_fresh(config, precision, threads=1, start=str(start), stop=str(stop))
+        bare = fresh("bare_loop", config, precision, threads=1, start=str(start), stop=str(stop))
 
         def on_line(n: int) -> None:
             if n == 1:  # train.py's warm-up window is over: the bare loop starts timing
@@ -223,7 +219,7 @@ def side_by_side(config: str, precision: str, windows: int = 8) -> tuple[float, 
         finally:
             start.touch()
             stop.touch()
-        return statistics.median(ours), statistics.median(rates_of(bare))
+        return statistics.median(ours), statistics.median(result_of(bare))
 
 
 class PerSampleSum(torch.utils.data.Dataset):
@@ -284,12 +280,12 @@ def main() -> None:
         ratio = statistics.median(o / b for o, b in pairs)
         rows.append((f"loop {name}, side by side, 1 thread each", statistics.median(o for o, _ in pairs),
                      "bare loop", statistics.median(b for _, b in pairs), ratio))
-        ours_step, bare_step_rate = accelerate_ab_fresh(args.config, precision)
+        ours_step, bare_step_rate = result_of(fresh("accelerate_ab", args.config, precision))
         rows.append((f"step {name}, one process, alternating", ours_step, "bare step", bare_step_rate,
                      ours_step / bare_step_rate))
         bare, ours = [], []
         for _ in range(args.repeats):  # alternate, so drifts in machine load hit both alike
-            bare += rates_of(bare_loop_fresh(args.config, precision))
+            bare += result_of(fresh("bare_loop", args.config, precision))
             ours += project_loop(args.config, precision)
         rows.append((f"loop {name}, in turn, best window", max(ours), "bare loop", max(bare), max(ours) / max(bare)))
         rows.append((f"loop {name}, in turn, median window", statistics.median(ours), "bare loop",

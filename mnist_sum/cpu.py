@@ -20,6 +20,7 @@ import torch
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 _MMAP_THRESHOLD_MAX = 32 << 20  # glibc refuses more on 64-bit systems
 _KEEP = 1 << 30  # freed memory up to this much stays in the heap for the next step
+_GROW = 64 << 20  # grow the heap in steps this large, so a step's allocations rarely ask the kernel
 
 
 def set_threads(threads: int = 0) -> None:
@@ -39,4 +40,4 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return all(mallopt(param, value) == 1 for param, value in (
-        (_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX), (_M_TRIM_THRESHOLD, _KEEP), (_M_TOP_PAD, 64 << 20)))
+        (_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX), (_M_TRIM_THRESHOLD, _KEEP), (_M_TOP_PAD, _GROW)))

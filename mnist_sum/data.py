@@ -21,7 +21,7 @@ SPLIT_IDS = {"train": 1, "val": 2, "test": 3}
 _MASK = (1 << 64) - 1
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
+def splitmix64(x: np.ndarray) -> np.ndarray:
     """The splitmix64 finaliser on uint64 arrays (wrapping arithmetic is the point)."""
     with np.errstate(over="ignore"):
         x = x + np.uint64(0x9E3779B97F4A7C15)
@@ -34,7 +34,7 @@ def stream_key(*parts: int) -> int:
     """Hash a tuple of ints (seed, split, epoch, ...) into one 64-bit key."""
     key = np.zeros(1, dtype=np.uint64)
     for part in parts:
-        key = _splitmix64(key ^ np.uint64(part & _MASK))
+        key = splitmix64(key ^ np.uint64(part & _MASK))
     return int(key[0])
 
 
@@ -43,7 +43,7 @@ def pair_numbers(seed: int, split: str, epoch: int, index: torch.Tensor | Sequen
     key = np.uint64(stream_key(seed, SPLIT_IDS[split], epoch))
     idx = np.asarray(index.cpu() if isinstance(index, torch.Tensor) else index, dtype=np.int64).astype(np.uint64)
     # The modulo bias of 2**64 mod 10 is about 1e-19: irrelevant.
-    return torch.from_numpy((_splitmix64(idx ^ key) % np.uint64(10)).astype(np.int64))
+    return torch.from_numpy((splitmix64(idx ^ key) % np.uint64(10)).astype(np.int64))
 
 
 def split_train_val(images: torch.Tensor, labels: torch.Tensor, val_size: int, split_seed: int) -> Splits:

@@ -77,12 +77,13 @@ def metrics(rows: dict[str, torch.Tensor]) -> dict[str, float | int]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The evaluate command: score saved weights on the test split
+# The evaluate command: score saved weights on the test split (or the val split)
 
 
-def evaluate_weights(target: str, batch_size: int | None = None, mixed_precision: str | None = None) -> dict:
-    """Test metrics (fixed pairs and exhaustive) of saved weights, on the data and pairs of their run, in the
-    run's mixed precision (from its results.json) unless `mixed_precision` says otherwise."""
+def evaluate_weights(target: str, batch_size: int | None = None, mixed_precision: str | None = None,
+                     split: str = "test") -> dict:
+    """Metrics (fixed pairs and exhaustive) of saved weights on `split`, with the data and pairs of their run, in
+    the run's mixed precision (from its results.json) unless `mixed_precision` says otherwise."""
     from mnist_sum.config import load_config
     from mnist_sum.data import load_splits, make_datasets, make_loader
     from mnist_sum.outputs import load_weights, resolve_weights
@@ -94,15 +95,16 @@ def evaluate_weights(target: str, batch_size: int | None = None, mixed_precision
     if mixed_precision is None and run_dir and (run_dir / "results.json").is_file():
         mixed_precision = json.loads((run_dir / "results.json").read_text()).get("mixed_precision")
     accelerator = Accelerator(mixed_precision=mixed_precision)
-    _, _, test_set = make_datasets(cfg, load_splits(cfg))
-    loader = accelerator.prepare(make_loader(test_set, batch_size or cfg.train.eval_batch_size, 0, False, 0))
+    _, val_set, test_set = make_datasets(cfg, load_splits(cfg))
+    dataset = val_set if split == "val" else test_set
+    loader = accelerator.prepare(make_loader(dataset, batch_size or cfg.train.eval_batch_size, 0, False, 0))
     model = model.to(accelerator.device)
     result = metrics(predict(model, loader, accelerator, exhaustive=True))
-    return {"weights": str(weights), "mixed_precision": accelerator.mixed_precision, "test": result}
+    return {"weights": str(weights), "mixed_precision": accelerator.mixed_precision, "split": split, split: result}
 
 
 def _table(report: dict) -> str:
-    t = report["test"]
+    t = report[report["split"]]
     n, pairs, digit_right = t["num_samples"], t["num_exhaustive_pairs"], round(t["digit_acc"] * t["num_samples"])
     rows = [
         ("digit", t["digit_acc"], n),
@@ -112,7 +114,8 @@ def _table(report: dict) -> str:
         ("sum, every image with every number", t["exhaustive_sum_acc"], pairs),
     ]
     precision = "fp32" if report["mixed_precision"] == "no" else report["mixed_precision"]
-    lines = [f"{report['weights']} on the {n:,} MNIST test images ({precision})",
+    what = "test images" if report["split"] == "test" else "val images (held out of the training set)"
+    lines = [f"{report['weights']} on the {n:,} MNIST {what} ({precision})",
              f"  {'accuracy':<36} {'':>8}  {'right / total':>17}"]
     lines += [f"  {name:<36} {acc:8.2%}  {round(acc * total):>8,} / {total:,}" for name, acc, total in rows]
     return "\n".join(lines)
@@ -123,9 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     from mnist_sum.files import write_json
 
     parser = ArgumentParser(prog="mnist-sum-evaluate",
-                                     description="Score saved weights on the MNIST test split: the run's fixed "
-                                     "(image, number) pairs and every image with every number 0..9.")
+                            description="Score saved weights on the MNIST test split: the run's fixed "
+                            "(image, number) pairs and every image with every number 0..9.")
     parser.add_argument("target", metavar="RUN_OR_WEIGHTS", help="a run folder or a model.safetensors file")
+    parser.add_argument("--split", choices=["test", "val"], default="test",
+                        help="val: the run's held-out val images, on which it selected its weights")
     parser.add_argument("--out", help="JSON file to write (default: evaluation.json beside the weights)")
     parser.add_argument("--batch-size", type=int, help="evaluation batch size (default: the run's train.eval_batch_size)")
     parser.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"],
@@ -134,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def run() -> None:
-        report = evaluate_weights(args.target, args.batch_size, args.mixed_precision)
+        report = evaluate_weights(args.target, args.batch_size, args.mixed_precision, args.split)
         out = Path(args.out) if args.out else Path(report["weights"]).with_name("evaluation.json")
         write_json(out, report)
         print(_table(report))

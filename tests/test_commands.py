@@ -39,32 +39,17 @@ def trained_run(tmp_path_factory):
     return run_dir
 
 
-_VAL_SCORE = """
-import json, sys
-from pathlib import Path
-from accelerate import Accelerator
-from mnist_sum.config import load_config
-from mnist_sum.data import load_splits, make_datasets, make_loader
-from mnist_sum.evaluate import metrics, predict
-from mnist_sum.outputs import load_weights
-run = Path(sys.argv[1])
-cfg = load_config(run / "config.yaml")
-accelerator = Accelerator(mixed_precision="bf16")
-_, val_set, _ = make_datasets(cfg, load_splits(cfg))
-loader = accelerator.prepare(make_loader(val_set, cfg.train.eval_batch_size, 0, False, 0))
-print(json.dumps(metrics(predict(load_weights(run / "model.safetensors"), loader, accelerator))))
-"""
-
-
-def test_the_saved_weights_are_those_of_the_lowest_val_loss_epoch(trained_run):
+def test_the_saved_weights_are_those_of_the_lowest_val_loss_epoch(trained_run, tmp_path):
     lines = [json.loads(x) for x in (trained_run / "metrics.jsonl").read_text().splitlines()]
     losses = [x["val/loss"] for x in lines if "val/loss" in x]
     best = json.loads((trained_run / "results.json").read_text())["best_val"]
     assert len(losses) == 2 and best["epoch"] == 1 + losses.index(min(losses))
     # The saved weights (which scored the test split) score exactly the selected epoch's val metrics.
-    result = run_python(["-c", _VAL_SCORE, str(trained_run)])
+    out = tmp_path / "val.json"
+    result = run_python(["-m", "mnist_sum.evaluate", str(trained_run), "--split", "val", "--out", str(out)])
     assert result.returncode == 0, result.stderr[-2000:]
-    rescored = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "MNIST val images" in result.stdout
+    rescored = json.loads(out.read_text())["val"]
     assert rescored["loss"] == pytest.approx(best["loss"], rel=1e-6)
     assert rescored["joint_acc"] == best["joint_acc"] and rescored["num_samples"] == best["num_samples"]
 
