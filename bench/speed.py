@@ -46,14 +46,16 @@ from mnist_sum.config import load_config  # noqa: E402
 from mnist_sum.cpu import keep_freed_memory, set_threads  # noqa: E402
 from mnist_sum.data import SumDataset, load_splits, make_loader, set_epoch  # noqa: E402
 from mnist_sum.model import build_model, sum_loss  # noqa: E402
+from mnist_sum.step import make_optimizer, train_step  # noqa: E402
 
 WINDOW = 30  # steps per timed window, as train.py's log interval below
 WINDOWS = 5  # per run; the first is warm-up and is dropped, as for train.py
 
 
 def model_and_optimizer(cfg):
+    """The recipe's model, optimizer and LR schedule (train.py's, from mnist_sum.step)."""
     model = build_model(cfg.model).train()
-    return model, torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    return model, *make_optimizer(model, cfg.optim, total_steps=10**6)
 
 
 def bare_batches(n: int, batch: int) -> Iterator[torch.Tensor]:
@@ -86,7 +88,7 @@ def bare_loop(config: str, precision: str, threads: int = 0, start: str = "", st
     cfg = load_config(config)
     torch.manual_seed(0)
     train_images, train_labels = load_splits(cfg)["train"]
-    model, optimizer = model_and_optimizer(cfg)
+    model, optimizer, _ = model_and_optimizer(cfg)
     numbers = torch.randint(0, 10, (len(train_labels),))
     rates = []
     started = time.perf_counter()
@@ -104,8 +106,8 @@ def bare_loop(config: str, precision: str, threads: int = 0, start: str = "", st
 
 def accelerate_ab(config: str, precision: str, rounds: int = 20, steps: int = 20) -> list[float]:
     """[Accelerate step, bare step] median samples/s, timed in one process in alternating windows of `steps`
-    steps, so that both see the same machine at the same moments. The Accelerate step is train.py's: the
-    model, optimizer, LR schedule and data loader through `accelerator.prepare`, `accelerator.backward`.
+    steps, so that both see the same machine at the same moments. The Accelerate step is train.py's own
+    `train_step`, on the model, optimizer, LR schedule and data loader through `accelerator.prepare`.
     The mixed precision comes from the environment, as under `accelerate launch` (see `fresh`)."""
     from accelerate.utils import set_seed
 
@@ -117,10 +119,9 @@ def accelerate_ab(config: str, precision: str, rounds: int = 20, steps: int = 20
     splits = load_splits(cfg)
     train_set = make_datasets(cfg, splits)[0]
     set_seed(0)
-    bare_model, bare_optimizer = model_and_optimizer(cfg)
-    model, optimizer = model_and_optimizer(cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    loader = make_loader(train_set, cfg.train.global_batch_size, 0, True, 0)
+    bare_model, bare_optimizer, _ = model_and_optimizer(cfg)
+    model, optimizer, scheduler = model_and_optimizer(cfg)
+    loader = make_loader(train_set, cfg.train.global_batch_size, seed=0, train=True)
     model, optimizer, scheduler, loader = accelerator.prepare(model, optimizer, scheduler, loader)
 
     def loader_batches():
@@ -132,14 +133,8 @@ def accelerate_ab(config: str, precision: str, rounds: int = 20, steps: int = 20
     numbers = train_set.numbers()
 
     def accelerate_window() -> None:
-        for b in itertools.islice(ours, steps):
-            images = warp(b["image"], cfg.augment, 0, 0, b["index"]) if cfg.augment.enabled else b["image"]
-            digit_logits, sum_logits = model(images, b["number"])
-            loss, _, _ = sum_loss(digit_logits, sum_logits, b["label"], b["number"])
-            accelerator.backward(loss)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+        for batch in itertools.islice(ours, steps):
+            train_step(model, batch, optimizer, scheduler, accelerator, cfg, epoch=0)
 
     def bare_window() -> None:
         for index in itertools.islice(bare, steps):
@@ -258,7 +253,7 @@ def per_sample_pipeline(samples: int = 20_000) -> float:
 def batched_pipeline() -> float:
     cfg = load_config(None)
     images, labels = load_splits(cfg)["train"]
-    loader = make_loader(SumDataset(images, labels, "train", 0), 128, 0, True, 0)
+    loader = make_loader(SumDataset(images, labels, "train", 0), 128, seed=0, train=True)
     set_epoch(loader, 0)
     started, seen = time.perf_counter(), 0
     for batch in loader:

@@ -14,14 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from mnist_sum.config import AugmentConfig
-from mnist_sum.data import splitmix64, stream_key
-
-AUGMENT_STREAM = 7  # keeps these draws apart from the numbers' (split ids 1-3)
+from mnist_sum.streams import STREAM_IDS, splitmix64, stream_key
 
 
 def uniforms(seed: int, epoch: int, index: torch.Tensor, count: int) -> torch.Tensor:
     """[len(index), count] floats in [-1, 1), a pure function of (seed, epoch, index)."""
-    key = np.uint64(stream_key(seed, AUGMENT_STREAM, epoch))
+    key = np.uint64(stream_key(seed, STREAM_IDS["augment"], epoch))
     idx = index.cpu().numpy().astype(np.uint64)[:, None] * np.uint64(count) + np.arange(count, dtype=np.uint64)
     bits = splitmix64(idx ^ key) >> np.uint64(11)  # 53 random bits: exact in a float64
     return torch.from_numpy(bits.astype(np.float64) / 2.0**52 - 1.0).float()

@@ -1,32 +1,48 @@
-"""Checkpoints: `step_NNNNNN/` folders in the run folder, written atomically, found and pruned by name.
+"""Checkpoints: when the loop takes them, and `step_NNNNNN/` folders written atomically, found and pruned by name.
 
 A checkpoint is Accelerate's `save_state` (model, optimizer, scheduler, grad scaler, every process's
 RNG states) plus `best.safetensors` (the best-val weights so far, which the final test needs) and
-`meta.json`, written last, holding the loop position and the SHA-256 of every other file. Everything
-is written into `.tmp_step_NNNNNN/` and renamed when complete, so a folder named `step_*` with a
-`meta.json` whose hashes match is a whole checkpoint, whatever happened during the save.
+`meta.json` (the `LoopState`), written last, holding the loop position and the SHA-256 of every other
+file. Everything is written into `.tmp_step_NNNNNN/` and renamed when complete, so a folder named
+`step_*` with a `meta.json` whose hashes match is a whole checkpoint, whatever happened during the save.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
-from mnist_sum.errors import UsageError
-from mnist_sum.files import write_json
+from mnist_sum.config import CheckpointConfig
+from mnist_sum.errors import DamagedCheckpoint, UsageError
+from mnist_sum.state import LoopState
 
-META = "meta.json"
 BEST = "best.safetensors"
 _NAME = re.compile(r"^step_(\d+)$")
+
+
+class CheckpointPolicy:
+    """When the loop checkpoints: whenever a stop was asked for; every `every_steps` steps inside an epoch;
+    at the end of each epoch (after validation) with `every_epoch`; and after the last epoch always, so a
+    crash during the test resumes straight into it."""
+
+    def __init__(self, cfg: CheckpointConfig, epochs: int, steps_per_epoch: int) -> None:
+        self.cfg, self.epochs, self.steps_per_epoch = cfg, epochs, steps_per_epoch
+
+    def after_step(self, state: LoopState, stop_requested: bool) -> bool:
+        # The epoch's last step is left to the epoch-end checkpoint, which holds its validation too.
+        periodic = bool(self.cfg.every_steps) and state.step % self.cfg.every_steps == 0
+        return stop_requested or (periodic and state.batches_done < self.steps_per_epoch)
+
+    def after_epoch(self, state: LoopState) -> bool:
+        """`state.epoch` is the number of epochs done."""
+        return self.cfg.every_epoch or state.epoch == self.epochs
 
 
 def _sha256(path: Path) -> str:
@@ -37,11 +53,11 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, meta: dict[str, Any],
-                    best_state: dict[str, torch.Tensor], keep_last: int) -> Path:
+def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: LoopState, best_weights: dict[str, torch.Tensor],
+                    keep_last: int) -> Path:
     """Write step_NNNNNN/ atomically (every process takes part), then prune to `keep_last`."""
-    final = run_dir / f"step_{step:06d}"
-    tmp = run_dir / f".tmp_step_{step:06d}"
+    final = run_dir / f"step_{state.step:06d}"
+    tmp = run_dir / f".tmp_step_{state.step:06d}"
     if final.exists():  # e.g. a stop requested right after resuming: that state is already on disk
         return final
     if accelerator.is_main_process:
@@ -50,9 +66,8 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, meta: di
     accelerator.save_state(str(tmp))  # model and optimizer from the main process; each process's RNG
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_file({k: v.detach().cpu().contiguous() for k, v in best_state.items()}, str(tmp / BEST))
-        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        write_json(tmp / META, {**meta, "step": step, "files": files})
+        save_file({k: v.detach().cpu().contiguous() for k, v in best_weights.items()}, str(tmp / BEST))
+        state.write(tmp, {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()})
         tmp.rename(final)
         prune(run_dir, keep_last)
     accelerator.wait_for_everyone()
@@ -64,22 +79,24 @@ def _numbered(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def check_checkpoint(path: Path) -> dict[str, Any]:
-    """Return the meta of a whole checkpoint, or raise ValueError saying what is wrong with it."""
-    try:
-        meta = json.loads((path / META).read_text())
-        files = meta["files"]
-    except FileNotFoundError:
-        raise ValueError(f"{META} is missing") from None
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
-        raise ValueError(f"{META} is unreadable") from None
+def check_checkpoint(path: Path) -> LoopState:
+    """The loop state of a whole checkpoint, or DamagedCheckpoint saying what is wrong with it."""
+    state, files = LoopState.read(path)
     for name, digest in files.items():
         file = path / name
         if not file.is_file():
-            raise ValueError(f"{name} is missing")
+            raise DamagedCheckpoint(path, f"{name} is missing")
         if _sha256(file) != digest:
-            raise ValueError(f"{name} is damaged (checksum mismatch)")
-    return meta
+            raise DamagedCheckpoint(path, f"{name} is damaged (checksum mismatch)")
+    return state
+
+
+def _is_whole(path: Path) -> bool:
+    try:
+        check_checkpoint(path)
+        return True
+    except DamagedCheckpoint:
+        return False
 
 
 def prune(run_dir: Path, keep_last: int) -> None:
@@ -96,35 +113,23 @@ def prune(run_dir: Path, keep_last: int) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _is_whole(path: Path) -> bool:
-    try:
-        check_checkpoint(path)
-        return True
-    except ValueError:
-        return False
-
-
-def find_latest(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest whole checkpoint in `run_dir`; damaged ones are skipped with a warning naming them."""
+def find_latest(run_dir: Path) -> tuple[Path, LoopState] | None:
+    """The newest whole checkpoint in `run_dir` and its state; damaged ones are skipped with a warning naming them."""
     if not run_dir.is_dir():
         return None
     for _, path in reversed(_numbered(run_dir)):
         try:
             return path, check_checkpoint(path)
-        except ValueError as err:
-            print(f"mnist-sum: warning: skipping damaged checkpoint {path}: {err}", file=sys.stderr)
+        except DamagedCheckpoint as err:
+            print(f"mnist-sum: warning: skipping damaged checkpoint {path}: {err.reason}", file=sys.stderr)
     return None
 
 
-def open_checkpoint(path: Path) -> dict[str, Any]:
-    """The meta of the checkpoint at `path` (for --resume PATH); a damaged one is an error."""
+def open_checkpoint(path: Path) -> LoopState:
+    """The state of the checkpoint at `path` (for --resume PATH); a damaged one is an error."""
     if not path.is_dir():
         raise UsageError(f"checkpoint {str(path)!r} not found", "pass a step_NNNNNN folder of a run, or --resume auto")
-    try:
-        return check_checkpoint(path)
-    except ValueError as err:
-        raise UsageError(f"checkpoint {str(path)} is damaged: {err}",
-                         "resume from an older step_* folder, or use --resume auto to pick the newest whole one") from None
+    return check_checkpoint(path)
 
 
 def load_best(path: Path) -> dict[str, torch.Tensor]:

@@ -20,6 +20,9 @@ import yaml
 
 from mnist_sum.errors import UsageError
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.yaml"
+
 
 def _check(ok: bool, what: str, fix: str) -> None:
     if not ok:

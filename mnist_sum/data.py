@@ -1,6 +1,6 @@
 """The sum dataset: (image, number) pairs with reproducible numbers, batched by tensor indexing.
 
-`pair_numbers(seed, split, epoch, index)` is a counter-based hash (splitmix64), so a sample's
+`pair_numbers(seed, split, epoch, index)` is a counter-based hash (`mnist_sum.streams`), so a sample's
 number depends on nothing else: not world size, workers, batch size, shuffle order or a resume.
 Val and test always use epoch 0, so their pairs never change; train draws fresh numbers each epoch.
 """
@@ -16,31 +16,12 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 from mnist_sum.config import Config
 from mnist_sum.errors import UsageError
 from mnist_sum.sources import Splits, load_hf, load_idx
-
-SPLIT_IDS = {"train": 1, "val": 2, "test": 3}
-_MASK = (1 << 64) - 1
-
-
-def splitmix64(x: np.ndarray) -> np.ndarray:
-    """The splitmix64 finaliser on uint64 arrays (wrapping arithmetic is the point)."""
-    with np.errstate(over="ignore"):
-        x = x + np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
-
-
-def stream_key(*parts: int) -> int:
-    """Hash a tuple of ints (seed, split, epoch, ...) into one 64-bit key."""
-    key = np.zeros(1, dtype=np.uint64)
-    for part in parts:
-        key = splitmix64(key ^ np.uint64(part & _MASK))
-    return int(key[0])
+from mnist_sum.streams import STREAM_IDS, generator_seed, splitmix64, stream_key
 
 
 def pair_numbers(seed: int, split: str, epoch: int, index: torch.Tensor | Sequence[int]) -> torch.Tensor:
     """The number 0..9 paired with each sample index: a pure function of (seed, split, epoch, index)."""
-    key = np.uint64(stream_key(seed, SPLIT_IDS[split], epoch))
+    key = np.uint64(stream_key(seed, STREAM_IDS[split], epoch))
     idx = np.asarray(index.cpu() if isinstance(index, torch.Tensor) else index, dtype=np.int64).astype(np.uint64)
     # The modulo bias of 2**64 mod 10 is about 1e-19: irrelevant.
     return torch.from_numpy((splitmix64(idx ^ key) % np.uint64(10)).astype(np.int64))
@@ -48,7 +29,7 @@ def pair_numbers(seed: int, split: str, epoch: int, index: torch.Tensor | Sequen
 
 def split_train_val(images: torch.Tensor, labels: torch.Tensor, val_size: int, split_seed: int) -> Splits:
     """A fixed, seeded hold-out of `val_size` training images for model selection."""
-    g = torch.Generator().manual_seed(stream_key(split_seed, SPLIT_IDS["val"]) & ((1 << 63) - 1))
+    g = torch.Generator().manual_seed(generator_seed(split_seed, STREAM_IDS["holdout"]))
     order = torch.randperm(len(images), generator=g)
     val, train = order[:val_size].sort().values, order[val_size:].sort().values
     return {"train": (images[train], labels[train]), "val": (images[val], labels[val])}
@@ -125,7 +106,7 @@ class EpochSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         if not self.shuffle:
             return iter(range(self.n))
-        g = torch.Generator().manual_seed(stream_key(self.seed, 0, self.epoch) & ((1 << 63) - 1))
+        g = torch.Generator().manual_seed(generator_seed(self.seed, STREAM_IDS["order"], self.epoch))
         return iter(torch.randperm(self.n, generator=g).tolist())
 
 
@@ -154,11 +135,12 @@ def keep_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return batch
 
 
-def make_loader(dataset: SumDataset, batch_size: int, seed: int, train: bool, num_workers: int) -> DataLoader:
+def make_loader(dataset: SumDataset, batch_size: int, *, seed: int, train: bool, num_workers: int = 0) -> DataLoader:
     """A loader of *global* batches; Accelerate (split_batches=True) hands each process its slice.
 
-    Training drops the last partial batch, so every step has the same global batch size whatever the
-    number of processes; evaluation keeps it, and `gather_for_metrics` drops Accelerate's padding.
+    `train`: shuffle by (seed, epoch) and drop the last partial batch, so every step has the same global batch
+    size whatever the number of processes. Evaluation keeps the order and the last partial batch, and
+    `gather_for_metrics` drops Accelerate's padding.
     """
     sampler = EpochSampler(len(dataset), seed, shuffle=train)
     batches = BatchSampler(sampler, batch_size, drop_last=train)

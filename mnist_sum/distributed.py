@@ -1,10 +1,11 @@
-"""Process-group plumbing: the Accelerator, agreement between ranks, and graceful stop on signals."""
+"""Process-group plumbing: the Accelerator, agreement between ranks, lost peers, and graceful stop on signals."""
 
 from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -14,23 +15,26 @@ from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, br
 
 from mnist_sum.config import Config
 from mnist_sum.cpu import keep_freed_memory, set_threads
-from mnist_sum.errors import UsageError
+from mnist_sum.errors import LaunchError, LostPeer, ProjectError, UsageError
 
 T = TypeVar("T")
 
 
-def make_accelerator(log_with: str | None = None, timeout_s: int = 300, cpu_threads: int = 0) -> Accelerator:
+def make_accelerator(log_with: str | None = None, timeout_s: int = 300, cpu_threads: int = 0,
+                     mixed_precision: str | None = None) -> Accelerator:
+    """The Accelerator every command uses. `mixed_precision` None: what `accelerate launch` set, else "no"."""
     # split_batches: loaders yield *global* batches and each process takes its slice, so the number of
     # steps per epoch and the LR schedule are the same for any number of processes.
     world = int(os.environ.get("WORLD_SIZE", "1"))
     # `accelerate launch --multi_gpu` on a machine without GPUs would start independent single-process
     # runs; asking for the CPU makes them one data-parallel job over gloo instead.
     cpu = world > 1 and not torch.cuda.is_available()
-    accelerator = Accelerator(cpu=cpu, log_with=log_with, dataloader_config=DataLoaderConfiguration(split_batches=True),
+    accelerator = Accelerator(cpu=cpu, log_with=log_with, mixed_precision=mixed_precision,
+                              dataloader_config=DataLoaderConfiguration(split_batches=True),
                               kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))])
     if accelerator.num_processes != world:
-        raise UsageError(f"launched {world} processes but Accelerate formed a group of {accelerator.num_processes}",
-                         "check the accelerate launch flags (--multi_gpu, --num_processes, --num_machines)")
+        raise LaunchError(f"launched {world} processes but Accelerate formed a group of {accelerator.num_processes}",
+                          "check the accelerate launch flags (--multi_gpu, --num_processes, --num_machines)")
     if accelerator.device.type == "cpu":
         set_threads(cpu_threads)
         keep_freed_memory()
@@ -40,9 +44,22 @@ def make_accelerator(log_with: str | None = None, timeout_s: int = 300, cpu_thre
 def lost_peer(err: BaseException) -> bool:
     """Is this the error a collective raises when another process died, hung past the timeout, or lost its link?"""
     text = str(err)
-    return isinstance(err, RuntimeError) and torch.distributed.is_available() and torch.distributed.is_initialized() and (
-        isinstance(err, torch.distributed.DistError)
+    return isinstance(err, RuntimeError) and (
+        (torch.distributed.is_available() and isinstance(err, torch.distributed.DistError))
         or any(s in text for s in ("gloo", "NCCL", "Connection reset", "Connection closed", "timed out", "Timed out")))
+
+
+@contextmanager
+def peers_watched(accelerator: Accelerator) -> Iterator[None]:
+    """With several processes, turn the error of a collective whose peer died or hung into `LostPeer`: one
+    line, exit code 1. (Decided by the process count, not by asking torch.distributed: the exit path may
+    already have ended the process group when the error arrives here.)"""
+    try:
+        yield
+    except RuntimeError as err:
+        if accelerator.num_processes == 1 or not lost_peer(err):
+            raise
+        raise LostPeer(os.environ.get("RANK", "?"), str(err).strip().splitlines()[0][:200]) from err
 
 
 def check_world(cfg: Config, world: int) -> None:
@@ -53,19 +70,19 @@ def check_world(cfg: Config, world: int) -> None:
 
 
 def main_decides(accelerator: Accelerator, decide: Callable[[], T]) -> T:
-    """Run `decide()` on the main process and share its answer (or its UsageError) with every process,
+    """Run `decide()` on the main process and share its answer (or its ProjectError) with every process,
     so all ranks stop together instead of some waiting forever in a collective."""
     box: list[Any] = [None]
     if accelerator.is_main_process:
         try:
             box[0] = ("ok", decide())
-        except UsageError as err:
-            box[0] = ("error", (err.what, err.fix))
+        except ProjectError as err:
+            box[0] = ("error", err)
     if accelerator.num_processes > 1:
         broadcast_object_list(box)
     kind, value = box[0]
     if kind == "error":
-        raise UsageError(*value)
+        raise value
     return value
 
 
@@ -86,7 +103,8 @@ def average_buffers(model: torch.nn.Module, accelerator: Accelerator) -> None:
 class StopRequest:
     """SIGTERM (how clusters preempt jobs) or SIGINT (Ctrl-C) asks the loop to checkpoint and stop at the
     next step boundary; a second signal stops at once. Ranks may receive the signal at different steps,
-    so `agreed()` makes every rank stop at the same one."""
+    so `agreed()` makes every rank stop at the same one. A context manager: leaving it restores the
+    handlers that were there before."""
 
     def __init__(self, accelerator: Accelerator) -> None:
         self.accelerator = accelerator
@@ -99,15 +117,21 @@ class StopRequest:
         self.signum = signum
 
     def agreed(self) -> bool:
+        """Has any process been asked to stop? Every process gets the same answer."""
         local = self.signum is not None
         if self.accelerator.num_processes == 1:
             return local
         flag = torch.tensor([float(local)], device=self.accelerator.device)
         return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
 
-    def exit_code(self) -> int:
-        return 128 + (self.signum or signal.SIGTERM)  # the shell's convention for "ended by signal N"
-
     def restore(self) -> None:
+        """Put the previous handlers back (once; later calls do nothing)."""
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+        self._previous = {}
+
+    def __enter__(self) -> StopRequest:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()

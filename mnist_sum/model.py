@@ -72,7 +72,6 @@ def sum_loss(digit_logits: torch.Tensor, sum_logits: torch.Tensor, labels: torch
              label_smoothing: float = 0.0, reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(total, digit CE, sum CE); the total is the mean of the two cross-entropies.
     `reduction="none"` gives them per sample (for scoring)."""
-    digit = F.cross_entropy(digit_logits.float(), labels, label_smoothing=label_smoothing, reduction=reduction)
-    total_sum = F.cross_entropy(sum_logits.float(), labels + numbers, label_smoothing=label_smoothing,
-                                reduction=reduction)
-    return (digit + total_sum) / 2, digit, total_sum
+    digit_ce = F.cross_entropy(digit_logits.float(), labels, label_smoothing=label_smoothing, reduction=reduction)
+    sum_ce = F.cross_entropy(sum_logits.float(), labels + numbers, label_smoothing=label_smoothing, reduction=reduction)
+    return (digit_ce + sum_ce) / 2, digit_ce, sum_ce

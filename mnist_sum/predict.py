@@ -1,4 +1,4 @@
-"""The predict command: digit and sum, with their probabilities, for image files of any size.
+"""Prediction on image files: digit and sum, with their probabilities, for images of any size.
 
 Photos and drawings are brought into MNIST's form first: grayscale, a light digit on a dark background
 (a dark-on-light image is inverted), the digit's bounding box scaled to fit 20x20 and placed in a 28x28
@@ -7,8 +7,6 @@ frame with its centre of mass in the middle, as the MNIST images were made.
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +14,13 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from mnist_sum.errors import UsageError
+from mnist_sum.outputs import load_weights, resolve_weights
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
 MAX_PIXELS = 40_000_000  # a 40-megapixel photo is plenty; beyond that it is more likely a mistake or a bomb
 
 
-def _open(path: Path) -> Image.Image:
+def open_image(path: Path) -> Image.Image:
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise UsageError(f"{path}: unknown image type {path.suffix or '(no extension)'!r}",
                          "use one of " + ", ".join(sorted(IMAGE_SUFFIXES)))
@@ -71,10 +70,9 @@ def to_mnist(image: Image.Image) -> np.ndarray:
 
 
 def predict_files(weights: str, number: int, paths: list[str]) -> list[dict]:
-    from mnist_sum.outputs import load_weights, resolve_weights
-
+    """Digit and sum (each with its probability) for each image file, with `number` added."""
     model = load_weights(resolve_weights(weights)[0])
-    images = torch.from_numpy(np.stack([to_mnist(_open(Path(p))) for p in paths]))
+    images = torch.from_numpy(np.stack([to_mnist(open_image(Path(p))) for p in paths]))
     numbers = torch.full((len(paths),), number, dtype=torch.long)
     with torch.no_grad():
         digit_probs, sum_probs = (logits.float().softmax(-1) for logits in model(images, numbers))
@@ -84,43 +82,3 @@ def predict_files(weights: str, number: int, paths: list[str]) -> list[dict]:
         results.append({"image": path, "number": number, "digit": digit, "digit_prob": round(float(dp[digit]), 6),
                         "sum": total, "sum_prob": round(float(sp[total]), 6)})
     return results
-
-
-def _number(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer (use 0..9)") from None
-    if not 0 <= value <= 9:
-        raise argparse.ArgumentTypeError(f"{value} is outside 0..9")
-    return value
-
-
-def main(argv: list[str] | None = None) -> int:
-    from mnist_sum.cli import ArgumentParser, run_cli
-
-    parser = ArgumentParser(prog="mnist-sum-predict",
-                            description="Read the digit in each image and add NUMBER to it.")
-    parser.add_argument("--weights", required=True, metavar="RUN_OR_WEIGHTS", help="a run folder or a model.safetensors")
-    parser.add_argument("--number", required=True, type=_number, help="the integer 0..9 to add")
-    parser.add_argument("--json", action="store_true", help="print one JSON list instead of lines")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, ... of any size")
-    args = parser.parse_args(argv)
-
-    def run() -> None:
-        results = predict_files(args.weights, args.number, args.images)
-        if args.json:
-            print(json.dumps(results, indent=2))
-            return
-        for r in results:
-            print(f"{r['image']}: digit {r['digit']} ({r['digit_prob']:.1%}), "
-                  f"{r['digit']} + {r['number']} = {r['sum']} ({r['sum_prob']:.1%})")
-
-    return run_cli(run, args.debug)
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from mnist_sum.checkpoint import find_latest, open_checkpoint
 from mnist_sum.config import Config
 from mnist_sum.errors import UsageError
 from mnist_sum.files import write_text
+from mnist_sum.state import LoopState
 
 # Keys that may differ between a checkpoint and the resumed run: none of them changes the weights.
 RESUMABLE_CHANGES = ("run.", "checkpoint.", "wandb.", "data.num_workers", "train.log_every")
@@ -31,8 +33,8 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _check_same_recipe(cfg: Config, meta: dict[str, Any], path: Path) -> None:
-    now, then = _flatten(cfg.to_dict()), _flatten(meta["config"])
+def _check_same_recipe(cfg: Config, state: LoopState, path: Path) -> None:
+    now, then = _flatten(cfg.to_dict()), _flatten(state.config)
     changed = [k for k in sorted(now.keys() | then.keys())
                if now.get(k) != then.get(k) and not k.startswith(RESUMABLE_CHANGES)]
     if changed:
@@ -67,10 +69,20 @@ def check_space(run_dir: Path, num_params: int, keep_last: int) -> None:
                          f"{needed / 2**20:.0f} MiB", "free some space or choose another run.dir")
 
 
-def open_run(cfg: Config, config_name: str, resume: str | None,
-             space_for: tuple[int, int] = (0, 1)) -> tuple[str, str | None]:
-    """Main process only: (run folder, checkpoint to resume or None), with the folder ready to write and
-    room on its disk for a model of `space_for` = (parameters, checkpoints kept)."""
+@dataclass
+class OpenedRun:
+    """A run folder ready to write, and where its loop starts."""
+
+    dir: Path
+    checkpoint: Path | None = None
+    """The checkpoint to resume from; None for a fresh start."""
+    state: LoopState | None = None
+    """That checkpoint's loop state (read, and its files checked, once)."""
+
+
+def open_run(cfg: Config, config_name: str, resume: str | None, space_for: tuple[int, int] = (0, 1)) -> OpenedRun:
+    """Main process only: the run folder, ready to write, with room on its disk for a model of `space_for` =
+    (parameters, checkpoints kept), and the checkpoint to resume from, if any."""
     if resume in (None, "auto"):
         run_dir = run_dir_for(cfg, config_name)
         latest = find_latest(run_dir) if resume == "auto" else None
@@ -80,19 +92,19 @@ def open_run(cfg: Config, config_name: str, resume: str | None,
             _create(run_dir, fresh_ok=resume == "auto", overwrite=cfg.run.overwrite)
             if resume == "auto" and (run_dir / "metrics.jsonl").exists():
                 write_text(run_dir / "metrics.jsonl", "")
-            return str(run_dir.resolve()), None
-        checkpoint, meta = latest
+            return OpenedRun(run_dir.resolve())
+        checkpoint, state = latest
     else:
         checkpoint = Path(resume)
-        meta = open_checkpoint(checkpoint)
+        state = open_checkpoint(checkpoint)
         run_dir = checkpoint.parent
         if cfg.run.dir and Path(cfg.run.dir).resolve() != run_dir.resolve():
             raise UsageError(f"--resume {resume} belongs to run folder {str(run_dir)!r}, not run.dir={cfg.run.dir!r}",
                              "drop run.dir; a resumed run continues in its own folder")
-    _check_same_recipe(cfg, meta, checkpoint)
+    _check_same_recipe(cfg, state, checkpoint)
     check_space(run_dir, *space_for)
-    _truncate_metrics(run_dir, meta.get("metrics_lines", 0))
-    return str(run_dir.resolve()), str(checkpoint.resolve())
+    _truncate_metrics(run_dir, state.metrics_lines)
+    return OpenedRun(run_dir.resolve(), checkpoint.resolve(), state)
 
 
 def _truncate_metrics(run_dir: Path, lines: int) -> None:

@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mnist_sum.config import PROJECT_ROOT
 from mnist_sum.errors import UsageError
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # SHA-256 of the *decompressed* original files (gzip output differs between gzip builds).
 IDX_SHA256 = {

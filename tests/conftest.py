@@ -36,7 +36,8 @@ def free_port() -> int:
 
 
 def child_env() -> dict[str, str]:
-    env = dict(os.environ)
+    # Not WANDB_SERVICE: an in-process test's W&B service would otherwise be shared with every child run.
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
     env.update(WANDB_MODE="offline", WANDB_SILENT="true", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     return env
 
@@ -46,6 +47,13 @@ def launch(args: list[str], num_processes: int = 1, timeout: int = 300, extra: l
     """`accelerate launch` on the CPU with `num_processes` processes (gloo), from the project root."""
     cmd = [*launch_cmd(num_processes), *extra, *args]
     return subprocess.run(cmd, cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def run_script(name: str, args: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
+    """Run one of the installed console scripts (mnist-sum-train, -evaluate, -predict) as a user would."""
+    script = Path(sys.executable).parent / name
+    return subprocess.run([str(script), *args], cwd=ROOT, env=child_env(), capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def run_python(args: list[str], timeout: int = 120, cwd: Path = ROOT,

@@ -14,8 +14,8 @@ out, *overrides = sys.argv[1:]
 cfg = load_config(None, overrides)
 accelerator = make_accelerator()
 train_set, _, _ = make_datasets(cfg, load_splits(cfg))
-loader = accelerator.prepare(make_loader(train_set, cfg.train.global_batch_size, cfg.train.seed, True,
-                                         cfg.data.num_workers))
+loader = accelerator.prepare(make_loader(train_set, cfg.train.global_batch_size, seed=cfg.train.seed, train=True,
+                                         num_workers=cfg.data.num_workers))
 epochs = []
 for epoch in range(2):
     set_epoch(loader, epoch)

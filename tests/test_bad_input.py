@@ -16,9 +16,10 @@ from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import load_file
 
+from mnist_sum.commands import number_0_to_9
 from mnist_sum.config import Config, load_config, parse_override
 from mnist_sum.errors import UsageError
-from mnist_sum.predict import _number, _open, to_mnist
+from mnist_sum.predict import open_image, to_mnist
 
 SMOKE = ["train.py", "--config", "configs/smoke.yaml", "wandb.mode=disabled"]
 
@@ -62,7 +63,7 @@ def test_parse_override_never_crashes(text):
 @given(st.text(max_size=12))
 def test_number_is_an_int_in_0_to_9_or_refused(text):
     try:
-        value = _number(text)
+        value = number_0_to_9(text)
     except argparse.ArgumentTypeError:
         return
     assert isinstance(value, int) and 0 <= value <= 9 and int(text) == value
@@ -74,7 +75,7 @@ def test_any_bytes_named_png_are_read_or_refused_in_one_line(tmp_path, data):
     path = tmp_path / "file.png"
     path.write_bytes(data)
     try:
-        image = _open(path)
+        image = open_image(path)
     except UsageError as err:
         assert "\n" not in err.line()
         return
@@ -107,7 +108,7 @@ def test_huge_image_is_refused_before_decoding(tmp_path):
     Image.new("1", (8000, 6000)).save(buffer, format="PNG")  # 48 megapixels, a few kB on disk
     path.write_bytes(buffer.getvalue())
     with pytest.raises(UsageError, match="too large"):
-        _open(path)
+        open_image(path)
 
 
 # ---- run folders and training

@@ -1,4 +1,5 @@
-"""The evaluate and predict commands, on real runs and real MNIST images saved as files."""
+"""The commands: evaluate and predict on real runs and real MNIST images saved as files, and the installed
+console scripts (mnist-sum-train does what train.py does)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,16 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, child_env, run_python
+from conftest import ROOT, child_env, run_python, run_script
 from PIL import Image, ImageOps
+
+from mnist_sum.commands import predict_main
 
 
 def test_evaluate_reproduces_results_json(smoke_run, tmp_path):
     run_dir, _ = smoke_run
     out = tmp_path / "evaluation.json"
-    result = run_python(["-c", "import sys; from mnist_sum.evaluate import main; sys.exit(main())", str(run_dir),
-                         "--out", str(out)])
+    result = run_script("mnist-sum-evaluate", [str(run_dir), "--out", str(out)])
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
     expected = json.loads((run_dir / "results.json").read_text())["test"]
@@ -46,7 +48,7 @@ def test_the_saved_weights_are_those_of_the_lowest_val_loss_epoch(trained_run, t
     assert len(losses) == 2 and best["epoch"] == 1 + losses.index(min(losses))
     # The saved weights (which scored the test split) score exactly the selected epoch's val metrics.
     out = tmp_path / "val.json"
-    result = run_python(["-m", "mnist_sum.evaluate", str(trained_run), "--split", "val", "--out", str(out)])
+    result = run_script("mnist-sum-evaluate", [str(trained_run), "--split", "val", "--out", str(out)])
     assert result.returncode == 0, result.stderr[-2000:]
     assert "MNIST val images" in result.stdout
     rescored = json.loads(out.read_text())["val"]
@@ -62,7 +64,7 @@ def _right_pairs(run_dir, count):
     return [(int(r["index"]), int(r["label"]), int(r["number"])) for r in rows[:count]]
 
 
-def test_predict_reads_real_mnist_images_as_files(trained_run, mnist, tmp_path):
+def test_predict_reads_real_mnist_images_as_files(trained_run, mnist, tmp_path, capsys):
     images = mnist["test"][0]
     for index, label, number in _right_pairs(trained_run, 5):
         plain = tmp_path / f"{index}.png"
@@ -71,10 +73,10 @@ def test_predict_reads_real_mnist_images_as_files(trained_run, mnist, tmp_path):
         photo = tmp_path / f"{index}_big.jpg"
         ImageOps.invert(Image.fromarray(images[index].numpy())).resize((200, 200), Image.Resampling.BICUBIC).convert(
             "RGB").save(photo, quality=95)
-        result = run_python(["-m", "mnist_sum.predict", "--weights", str(trained_run), "--number", str(number),
-                             "--json", str(plain), str(photo)])
-        assert result.returncode == 0, result.stderr[-2000:]
-        for answer in json.loads(result.stdout):
+        # In process (the console script itself is run below): the same command, without 2 s of start-up each.
+        assert predict_main(["--weights", str(trained_run), "--number", str(number), "--json", str(plain),
+                             str(photo)]) == 0
+        for answer in json.loads(capsys.readouterr().out):
             assert (answer["digit"], answer["sum"]) == (label, label + number), (answer, index)
             assert 0.2 < answer["digit_prob"] <= 1 and 0.2 < answer["sum_prob"] <= 1  # well above chance (0.1, 0.05)
 
@@ -83,8 +85,8 @@ def test_predict_prints_one_line_per_image(trained_run, mnist, tmp_path):
     index, label, number = _right_pairs(trained_run, 1)[0]
     path = tmp_path / "digit.png"
     Image.fromarray(mnist["test"][0][index].numpy()).save(path)
-    result = run_python(["-m", "mnist_sum.predict", "--weights", str(trained_run / "model.safetensors"),
-                         "--number", str(number), str(path)])
+    result = run_script("mnist-sum-predict", ["--weights", str(trained_run / "model.safetensors"), "--number",
+                                              str(number), str(path)])
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith(f"{path}: digit {label} (")
     assert f"{label} + {number} = {label + number} (" in result.stdout
@@ -92,15 +94,16 @@ def test_predict_prints_one_line_per_image(trained_run, mnist, tmp_path):
 
 @pytest.mark.parametrize("number, words", [("10", "10 is outside 0..9"), ("-1", "-1 is outside 0..9"),
                                            ("3.5", "'3.5' is not an integer")])
-def test_predict_refuses_numbers_outside_0_to_9(smoke_run, number, words, tmp_path):
+def test_predict_refuses_numbers_outside_0_to_9(smoke_run, number, words, tmp_path, capsys):
     path = tmp_path / "x.png"
     Image.new("L", (28, 28)).save(path)
-    result = run_python(["-m", "mnist_sum.predict", "--weights", str(smoke_run[0]), "--number", number, str(path)])
-    assert result.returncode == 2
-    assert result.stderr.strip().startswith("mnist-sum: error: argument --number: " + words)
+    with pytest.raises(SystemExit) as exit_:
+        predict_main(["--weights", str(smoke_run[0]), "--number", number, str(path)])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().startswith("mnist-sum: error: argument --number: " + words)
 
 
-def test_predict_refuses_files_that_are_not_images(smoke_run, tmp_path):
+def test_predict_refuses_files_that_are_not_images(smoke_run, tmp_path, capsys):
     text = tmp_path / "notes.png"
     text.write_text("not an image")
     empty = tmp_path / "empty.png"
@@ -109,6 +112,21 @@ def test_predict_refuses_files_that_are_not_images(smoke_run, tmp_path):
     Image.new("L", (50, 50), 255).save(blank)
     for path, words in [(text, "is not a readable image"), (empty, "is not a readable image"),
                         (tmp_path / "x.txt", "unknown image type '.txt'"), (blank, "the image is blank")]:
-        result = run_python(["-m", "mnist_sum.predict", "--weights", str(smoke_run[0]), "--number", "3", str(path)])
-        assert result.returncode == 2, path
-        assert len(result.stderr.strip().splitlines()) == 1 and words in result.stderr, result.stderr
+        assert predict_main(["--weights", str(smoke_run[0]), "--number", "3", str(path)]) == 2, path
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and words in err, err
+
+
+def test_the_console_scripts_answer_help_and_mistakes_without_training(tmp_path):
+    # mnist-sum-train is train.py: the same parser, the same one-line errors, nothing created for a bad config.
+    script, plain = run_script("mnist-sum-train", ["--help"]), run_python(["train.py", "--help"])
+    assert script.returncode == plain.returncode == 0 and script.stdout == plain.stdout
+    assert "--resume auto|PATH" in script.stdout and "--debug" in script.stdout
+    typo = run_script("mnist-sum-train", ["optim.lrr=1", f"run.dir={tmp_path / 'r'}"])
+    assert typo.returncode == 2 and not (tmp_path / "r").exists()
+    assert typo.stderr.strip().splitlines() == ["mnist-sum: error: unknown config key 'optim.lrr' (did you mean optim.lr?)"]
+    for name in ("mnist-sum-evaluate", "mnist-sum-predict"):  # one shared --debug
+        assert "--debug" in run_script(name, ["--help"]).stdout
+    missing = run_script("mnist-sum-evaluate", [str(tmp_path / "nothing")])
+    assert missing.returncode == 2 and missing.stderr.strip().splitlines() == [
+        f"mnist-sum: error: weights file '{tmp_path / 'nothing'}' not found (pass a run folder or its model.safetensors)"]

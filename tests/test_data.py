@@ -208,8 +208,8 @@ def test_hf_folder_without_parquet_files(tmp_path):
 
 def test_hub_name_unreachable_offline_is_one_clear_error(tmp_path):
     # A subprocess, because `datasets` reads the offline switches when it is first imported.
-    code = ("import os, sys; from mnist_sum.cli import run_cli; from mnist_sum.sources import load_hf; "
-            "sys.exit(run_cli(lambda: load_hf('ylecun/mnist'), debug=False))")
+    code = ("import os, sys; from mnist_sum.commands import run_command; from mnist_sum.sources import load_hf; "
+            "sys.exit(run_command(lambda: load_hf('ylecun/mnist'), debug=False))")
     env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     result = run_python(["-c", code], extra_env=env)
     assert result.returncode == 2

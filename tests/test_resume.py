@@ -117,8 +117,8 @@ def test_two_processes_sigkill_then_resume_is_byte_identical(reference, tmp_path
 def test_two_processes_sigterm_stops_every_rank_at_one_step(reference, tmp_path):
     ref = reference(2)
     _interrupt(tmp_path / "run", signal.SIGTERM, num_processes=2)  # to the launcher, which forwards it
-    latest, meta = find_latest(tmp_path / "run")
-    assert meta["world_size"] == 2 and (latest / "random_states_1.pkl").exists()
+    latest, state = find_latest(tmp_path / "run")
+    assert state.world_size == 2 and (latest / "random_states_1.pkl").exists()
     _resume(tmp_path / "run", num_processes=2)
     assert (tmp_path / "run" / "model.safetensors").read_bytes() == (ref / "model.safetensors").read_bytes()
 

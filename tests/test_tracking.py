@@ -51,7 +51,7 @@ def test_without_api_key_or_mode_wandb_goes_offline_without_prompting(tmp_path):
     code = ("import os, sys; [os.environ.pop(k, None) for k in ('WANDB_MODE', 'WANDB_API_KEY')]; "
             "sys.argv = ['train.py', '--config', 'configs/smoke.yaml', 'data.train_limit=1024', "
             f"'run.dir={tmp_path / 'run'}']; "
-            "from mnist_sum.cli import train_main; sys.exit(train_main())")
+            "from mnist_sum.commands import train_main; sys.exit(train_main())")
     result = run_python(["-c", code], extra_env=env, timeout=180)  # stdin is not a terminal: a prompt would fail
     assert result.returncode == 0, result.stderr[-3000:]
     line = next(x for x in result.stderr.splitlines() if x.startswith("mnist-sum: W&B"))
