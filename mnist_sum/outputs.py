@@ -14,6 +14,7 @@ from mnist_sum.config import ModelConfig
 from mnist_sum.errors import UsageError
 from mnist_sum.files import atomic_write, write_text
 from mnist_sum.model import SumNet, build_model
+from mnist_sum.scoring import Predictions
 
 PREDICTION_COLUMNS = ("index", "label", "number", "pred_digit", "pred_sum")
 
@@ -55,9 +56,9 @@ def load_weights(path: str | Path) -> SumNet:
     return model.eval()
 
 
-def save_predictions(path: Path, rows: dict[str, torch.Tensor]) -> None:
+def save_predictions(path: Path, preds: Predictions) -> None:
     """One CSV line per test sample, ordered by index: index,label,number,pred_digit,pred_sum."""
-    order = rows["index"].argsort()
-    table = torch.stack([rows[c][order].long() for c in PREDICTION_COLUMNS], dim=1).tolist()
+    order = preds["index"].argsort()
+    table = torch.stack([preds[c][order].long() for c in PREDICTION_COLUMNS], dim=1).tolist()
     lines = [",".join(PREDICTION_COLUMNS)] + [",".join(map(str, r)) for r in table]
     write_text(path, "\n".join(lines) + "\n")

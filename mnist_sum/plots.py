@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from mnist_sum.files import atomic_write  # noqa: E402
+from mnist_sum.scoring import Predictions  # noqa: E402
 
 
 def _save(fig, path: Path) -> None:
@@ -27,7 +28,7 @@ def _series(lines: list[dict], key: str) -> tuple[list[float], list[float]]:
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def write_plots(run_dir: Path, test_rows: dict[str, torch.Tensor]) -> list[Path]:
+def write_plots(run_dir: Path, test_preds: Predictions) -> list[Path]:
     """loss.png (train vs val), accuracy.png (digit and sum, train vs val), confusion_digit.png (test)."""
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     written = []
@@ -53,7 +54,8 @@ def write_plots(run_dir: Path, test_rows: dict[str, torch.Tensor]) -> list[Path]
     written.append(run_dir / "accuracy.png")
 
     matrix = torch.zeros(10, 10, dtype=torch.long)
-    matrix.index_put_((test_rows["label"], test_rows["pred_digit"]), torch.ones_like(test_rows["label"]), accumulate=True)
+    matrix.index_put_((test_preds["label"], test_preds["pred_digit"]), torch.ones_like(test_preds["label"]),
+                      accumulate=True)
     fig, ax = plt.subplots(figsize=(5.5, 5))
     errors = matrix.clone().fill_diagonal_(0)  # colour the mistakes: the diagonal would drown them
     ax.imshow(errors.numpy(), cmap="Reds", vmin=0, vmax=max(1, int(errors.max())))

@@ -29,6 +29,15 @@ def smoke_run(tmp_path_factory):
     return run_dir, result
 
 
+@pytest.fixture(scope="session")
+def two_process_run(tmp_path_factory):
+    """The same smoke run with 2 processes (gloo) under `accelerate launch`, shared like `smoke_run`."""
+    run_dir = tmp_path_factory.mktemp("e2e") / "two"
+    result = launch(["train.py", "--config", "configs/smoke.yaml", f"run.dir={run_dir}"], num_processes=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, result
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -54,6 +63,15 @@ def run_script(name: str, args: list[str], timeout: int = 120) -> subprocess.Com
     script = Path(sys.executable).parent / name
     return subprocess.run([str(script), *args], cwd=ROOT, env=child_env(), capture_output=True, text=True,
                           timeout=timeout)
+
+
+def train_in_process(args: list[str], capsys) -> tuple[int, str]:
+    """(exit code, stderr) of `train.py ARGS` run in this process: for runs that end with an error before
+    training, where a fresh interpreter would only add two seconds of start-up."""
+    from mnist_sum.commands import train_main  # here: conftest is also imported by tests that never train
+
+    code = train_main(args)
+    return code, capsys.readouterr().err
 
 
 def run_python(args: list[str], timeout: int = 120, cwd: Path = ROOT,

@@ -10,7 +10,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import run_python
+from conftest import ROOT, run_python, train_in_process
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -21,7 +21,8 @@ from mnist_sum.config import Config, load_config, parse_override
 from mnist_sum.errors import UsageError
 from mnist_sum.predict import open_image, to_mnist
 
-SMOKE = ["train.py", "--config", "configs/smoke.yaml", "wandb.mode=disabled"]
+SMOKE_ARGS = ["--config", str(ROOT / "configs" / "smoke.yaml"), "wandb.mode=disabled"]
+SMOKE = ["train.py", *SMOKE_ARGS]
 
 
 # ---- the override parser: anything in, a Config or one UsageError out
@@ -113,12 +114,12 @@ def test_huge_image_is_refused_before_decoding(tmp_path):
 
 # ---- run folders and training
 
-def test_run_folder_under_a_file_is_refused_before_anything_is_written(tmp_path):
+def test_run_folder_under_a_file_is_refused_before_anything_is_written(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    result = run_python([*SMOKE, f"run.dir={blocker}/run"])
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
+    code, err = train_in_process([*SMOKE_ARGS, f"run.dir={blocker}/run"], capsys)
+    assert code == 2
+    assert err.strip().splitlines() == [
         f"mnist-sum: error: cannot write to run folder '{blocker}/run': Not a directory (choose a writable run.dir)"]
 
 
@@ -132,10 +133,10 @@ def tiny_disk(tmp_path):
     subprocess.run(["umount", str(mount)], check=True)
 
 
-def test_full_disk_is_detected_before_training_starts(tiny_disk):
-    result = run_python([*SMOKE, f"run.dir={tiny_disk}/run"])
-    assert result.returncode == 2
-    line = result.stderr.strip().splitlines()[-1]
+def test_full_disk_is_detected_before_training_starts(tiny_disk, capsys):
+    code, err = train_in_process([*SMOKE_ARGS, f"run.dir={tiny_disk}/run"], capsys)
+    assert code == 2
+    line = err.strip().splitlines()[-1]
     assert line.startswith("mnist-sum: error: only ") and "MiB free for run folder" in line
     assert not (tiny_disk / "run").exists()  # nothing half-made
 

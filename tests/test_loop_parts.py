@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import wandb
+from conftest import launch
 from wandb_records import read_records
 
 from mnist_sum.checkpoint import CheckpointPolicy, _sha256, check_checkpoint, find_latest
@@ -238,3 +239,24 @@ def test_a_failing_run_closes_its_tracker_restores_signals_and_ends_in_one_error
     assert [e.exit_code for e in exits] == [1]  # ... as failed
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert lines and all(json.loads(x) for x in lines)  # every line written whole before the file was closed
+
+
+# ---- agreement between ranks, on a real 2-process gloo group
+
+
+def test_ranks_agree_on_stop_decisions_batchnorm_statistics_and_train_metrics(tmp_path):
+    result = launch(["tests/ranks_check.py", str(tmp_path / "seen")], num_processes=2, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = [json.loads((tmp_path / f"seen.{rank}.json").read_text()) for rank in (0, 1)]
+    assert [s["world_size"] for s in seen] == [2, 2]
+    for s in seen:
+        assert s["bn"] == [[1.0] * 3, [1.5] * 3, s["bn"][2]]  # float statistics averaged; the step count untouched
+        assert not s["stop_before_signal"] and s["stop_after_signal"]  # rank 1's signal stops both
+        assert s["decided"] == {"decided_by": 0}
+        assert s["error"] == ["UsageError", "mnist-sum: error: run folder 'x' already exists (choose another)"]
+        assert s["diverged_at"] == 5  # the first bad step over both ranks
+        window = s["window"]  # 4 samples over both ranks: 3 digits right, all 4 sums
+        assert window["train/digit_acc"] == 0.75 and window["train/sum_acc"] == 1.0
+        assert window["train/digit_loss"] == pytest.approx(1.5) and window["train/sum_loss"] == pytest.approx(1.0)
+    assert [s["signal_here"] for s in seen] == [None, signal.SIGTERM]
+    assert [s["bn"][2] for s in seen] == [10, 11]

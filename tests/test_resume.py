@@ -12,7 +12,8 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, child_env, descendants, launch_cmd
+from conftest import ROOT, child_env, descendants, launch_cmd, train_in_process
+from wandb_records import history
 
 from mnist_sum.checkpoint import find_latest, prune
 
@@ -64,16 +65,18 @@ def _metrics(run_dir) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """Uninterrupted runs with 1 and 2 processes, made on first use."""
+    """Uninterrupted runs with 1 and 2 processes, made on first use. The 1-process one is started with
+    `--resume auto` on a new folder, as a job script for a preemptible queue starts every run."""
     made = {}
 
-    def get(num_processes: int):
+    def get(num_processes: int, with_output: bool = False):
         if num_processes not in made:
             run_dir = tmp_path_factory.mktemp("reference") / f"ref{num_processes}"
-            result = _run([*RECIPE, f"run.dir={run_dir}"], num_processes)
+            auto = ["--resume", "auto"] if num_processes == 1 else []
+            result = _run([*auto, *RECIPE, f"run.dir={run_dir}"], num_processes)
             assert result.returncode == 0, result.stderr[-3000:]
-            made[num_processes] = run_dir
-        return made[num_processes]
+            made[num_processes] = run_dir, result
+        return made[num_processes] if with_output else made[num_processes][0]
 
     return get
 
@@ -89,6 +92,11 @@ def test_sigkill_mid_epoch_then_resume_is_byte_identical(reference, tmp_path):
     assert _metrics(tmp_path / "run") == _metrics(ref)
     assert json.loads((tmp_path / "run" / "results.json").read_text())["test"] == json.loads(
         (ref / "results.json").read_text())["test"]
+    # One W&B run: the resumed session logs to the same run id, its steps continuing after the checkpoint.
+    files = sorted((tmp_path / "run").glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 2 and len({f.name for f in files}) == 1  # run-<same id>.wandb, twice
+    resumed = history(files[-1])
+    assert min(r["_step"] for r in resumed) > 64 and max(r["_step"] for r in resumed) == 384
 
 
 def test_sigterm_saves_a_checkpoint_and_resumes_byte_identical(reference, tmp_path):
@@ -100,12 +108,15 @@ def test_sigterm_saves_a_checkpoint_and_resumes_byte_identical(reference, tmp_pa
     step = int(last_line.split("stopped at step ")[1].split(",")[0])
     meta = json.loads((tmp_path / "run" / f"step_{step:06d}" / "meta.json").read_text())
     assert meta["step"] == step and meta["epoch"] == 0 and meta["batches_done"] == step  # mid-epoch 1
-    _resume(tmp_path / "run")
+    _resume(tmp_path / "run")  # without --config: the run's own config.yaml, and its own config name
     assert (tmp_path / "run" / "model.safetensors").read_bytes() == (ref / "model.safetensors").read_bytes()
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["config"] == "smoke" and results["resumed_from"] == f"step_{step:06d}"
     steps = [x["step"] for x in _metrics(tmp_path / "run")]
     assert steps == sorted(steps) and steps[-1] == 384
 
 
+@pytest.mark.slow
 def test_two_processes_sigkill_then_resume_is_byte_identical(reference, tmp_path):
     ref = reference(2)
     _interrupt(tmp_path / "run", signal.SIGKILL, num_processes=2)
@@ -114,6 +125,7 @@ def test_two_processes_sigkill_then_resume_is_byte_identical(reference, tmp_path
     assert _metrics(tmp_path / "run") == _metrics(ref)
 
 
+@pytest.mark.slow
 def test_two_processes_sigterm_stops_every_rank_at_one_step(reference, tmp_path):
     ref = reference(2)
     _interrupt(tmp_path / "run", signal.SIGTERM, num_processes=2)  # to the launcher, which forwards it
@@ -164,20 +176,23 @@ def test_unfinished_or_unreadable_checkpoints_are_never_chosen(tmp_path, capsys)
     assert (run / "step_000010").exists() and (run / "step_000030").exists()
 
 
-def test_resume_refuses_a_changed_recipe(reference, tmp_path):
+def test_resume_refuses_a_changed_recipe(reference, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(reference(1), run)
-    result = _run(["--resume", "auto", f"run.dir={run}", "optim.lr=0.01"])
-    assert result.returncode == 2
-    assert "the config differs from checkpoint step_000384's (optim.lr: 0.003 -> 0.01)" in result.stderr
+    code, err = train_in_process(["--resume", "auto", f"run.dir={run}", "optim.lr=0.01"], capsys)
+    assert code == 2
+    assert err.strip().splitlines()[-1] == ("mnist-sum: error: the config differs from checkpoint step_000384's "
+                                            "(optim.lr: 0.003 -> 0.01) (drop those overrides to resume that run "
+                                            "exactly, or start a new run)")
 
 
-def test_resume_auto_without_checkpoint_starts_fresh(tmp_path):
-    result = _run(["--resume", "auto", "--config", "configs/smoke.yaml", f"run.dir={tmp_path / 'new'}"])
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "resuming" not in result.stdout and (tmp_path / "new" / "results.json").exists()
+def test_resume_auto_without_checkpoint_starts_fresh(reference):
+    run_dir, result = reference(1, with_output=True)  # started with --resume auto on a folder that did not exist
+    assert "resuming" not in result.stdout and (run_dir / "results.json").exists()
+    assert json.loads((run_dir / "results.json").read_text())["resumed_from"] is None
 
 
+@pytest.mark.slow
 def test_resume_with_another_number_of_processes_continues(reference, tmp_path):
     killed = tmp_path / "run"
     _interrupt(killed, signal.SIGKILL)

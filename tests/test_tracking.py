@@ -4,8 +4,6 @@ without a key and never prompts, and the local plots are real PNGs."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 
 import pytest
 from conftest import run_python
@@ -84,18 +82,3 @@ def test_plots_are_valid_pngs(smoke_run, name):
     with Image.open(run_dir / name) as image:
         image.verify()
         assert image.format == "PNG" and image.width > 200 and image.height > 200
-
-
-def test_resumed_run_logs_to_the_same_wandb_run(tmp_path):
-    run = tmp_path / "run"
-    first = run_python(["train.py", "--config", "configs/smoke.yaml", "train.epochs=2", f"run.dir={run}"])
-    assert first.returncode == 0, first.stderr[-2000:]
-    # Resume from the first epoch's checkpoint, as after a crash during the second epoch.
-    os.remove(run / "results.json")
-    shutil.rmtree(run / "step_000256")
-    second = run_python(["train.py", "--resume", "auto", f"run.dir={run}"])
-    assert second.returncode == 0, second.stderr[-2000:]
-    files = _wandb_file(run)
-    assert len(files) == 2 and len({f.name for f in files}) == 1  # run-<same id>.wandb, twice
-    resumed = history(files[-1])
-    assert min(r["_step"] for r in resumed) > 128  # steps continue after the checkpoint

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, child_env, free_port, launch, run_python
+from conftest import ROOT, child_env, free_port, launch, train_in_process
 
 from mnist_sum.data import pair_numbers
 from mnist_sum.outputs import load_weights
@@ -20,14 +20,6 @@ def _read_csv(path):
     with open(path) as f:
         rows = list(csv.DictReader(f))
     return {k: torch.tensor([int(r[k]) for r in rows]) for k in rows[0]}
-
-
-@pytest.fixture(scope="module")
-def two_process_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("e2e") / "two"
-    result = launch(["train.py", "--config", "configs/smoke.yaml", f"run.dir={run_dir}"], num_processes=2)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir, result
 
 
 @pytest.fixture(scope="module")
@@ -106,12 +98,12 @@ def test_train_batches_are_identical_with_1_and_2_processes(tmp_path):
     assert dumps[1]["epochs"][0] != dumps[1]["epochs"][1]  # a new order and new numbers each epoch
 
 
-def test_existing_run_folder_is_never_overwritten(one_process_run):
+def test_existing_run_folder_is_never_overwritten(one_process_run, capsys):
     run_dir, _ = one_process_run
     before = (run_dir / "results.json").read_bytes()
-    result = run_python(["train.py", "--config", "configs/smoke.yaml", f"run.dir={run_dir}"])
-    assert result.returncode == 2
-    assert "already exists and is not empty" in result.stderr
+    code, err = train_in_process(["--config", str(ROOT / "configs" / "smoke.yaml"), f"run.dir={run_dir}"], capsys)
+    assert code == 2
+    assert "already exists and is not empty" in err
     assert (run_dir / "results.json").read_bytes() == before
 
 
