@@ -1,9 +1,10 @@
-"""Summarise finished runs as one Markdown table: time, throughput, time to 99% and test accuracy.
+"""Summarise finished runs as one Markdown table: time, compute, throughput, time to 99% and test accuracy.
 
     python bench/table.py runs/quick runs/default            # one row per run
     python bench/table.py --mean runs/default-seed*           # plus a mean ± std row over the runs given
 
-Time to 99% is the training time at the first validation where both heads reached 99% on val.
+Time to 99% is the training time at the first validation where both heads reached 99% on val. Training
+FLOPs are the model's forward and backward over every training sample (counted by the run itself).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ def summarise(run_dir: Path) -> dict:
     return {"run": run_dir.name, "precision": precision, "device": results["device"],
             "world_size": results["world_size"], "wall_s": results["wall_time_s"], "train_s": results["train_time_s"],
             "samples_per_s": statistics.median(rates) if rates else float("nan"), "to_99_s": to_99,
+            "train_flops": results.get("train_flops", float("nan")),
+            "gflops_per_s": results.get("train_flops_per_s", float("nan")) / 1e9,
             **{k: results["test"][k] for k in COLUMNS}}
 
 
@@ -36,17 +39,19 @@ def main() -> None:
     args = parser.parse_args()
     rows = [summarise(r) for r in args.runs]
     print(f"# {rows[0]['device']}, {rows[0]['world_size']} process(es)")
-    print("| run | precision | wall | train | samples/s | to 99% (val) | digit | sum | exhaustive sum | sum, digit right |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| run | precision | wall | train | train FLOPs | GFLOP/s | samples/s | to 99% (val) | digit | sum | "
+          "exhaustive sum | sum, digit right |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         to_99 = f"{r['to_99_s']:.0f} s" if r["to_99_s"] is not None else "-"
-        print(f"| {r['run']} | {r['precision']} | {r['wall_s']:.0f} s | {r['train_s']:.0f} s | {r['samples_per_s']:,.0f} | "
-              f"{to_99} | " + " | ".join(f"{100 * r[k]:.2f}%" for k in COLUMNS) + " |")
+        print(f"| {r['run']} | {r['precision']} | {r['wall_s']:.0f} s | {r['train_s']:.0f} s | {r['train_flops']:.2e} | "
+              f"{r['gflops_per_s']:.0f} | {r['samples_per_s']:,.0f} | {to_99} | "
+              + " | ".join(f"{100 * r[k]:.2f}%" for k in COLUMNS) + " |")
     if args.mean and len(rows) > 1:
         def ms(key: str, scale: float = 1.0, fmt: str = ".2f") -> str:
             values = [scale * r[key] for r in rows]
             return f"{statistics.mean(values):{fmt}} ± {statistics.stdev(values):{fmt}}"
-        print(f"| mean ± std of {len(rows)} | | {ms('wall_s', fmt='.0f')} s | {ms('train_s', fmt='.0f')} s | | | "
+        print(f"| mean ± std of {len(rows)} | | {ms('wall_s', fmt='.0f')} s | {ms('train_s', fmt='.0f')} s | | | | | "
               + " | ".join(ms(k, 100) + "%" for k in COLUMNS) + " |")
 
 

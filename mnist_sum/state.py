@@ -41,6 +41,8 @@ class LoopState:
     """The W&B run this run logs to, continued on resume."""
     metrics_lines: int = 0
     """Lines of metrics.jsonl when the state was saved; a resume cuts later ones (it logs them again)."""
+    flops_per_sample: float = 0.0
+    """FLOPs of the model's forward and backward per training sample, counted on the run's first step."""
 
     def write(self, folder: Path, files: dict[str, str]) -> None:
         """Write `folder/meta.json`: these fields and `files` (name -> SHA-256 of each other file)."""

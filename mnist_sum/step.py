@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 from accelerate import Accelerator
+from torch.utils.flop_counter import FlopCounterMode
 
 from mnist_sum.augment import warp
 from mnist_sum.config import Config, OptimConfig
@@ -64,6 +66,15 @@ def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return StepOutput(digit_logits, sum_logits, digit_ce, sum_ce)
+
+
+def count_flops(step: Callable[[], StepOutput]) -> tuple[StepOutput, int]:
+    """Run `step` once, counting the FLOPs of the model's forward and backward with torch's FlopCounterMode
+    (matrix products and convolutions; the augmentation and the optimizer's elementwise update are not
+    model FLOPs and are not counted). Counting observes the ops; it changes neither them nor their results."""
+    with FlopCounterMode(display=False) as counter:
+        out = step()
+    return out, counter.get_total_flops()
 
 
 NO_STEP = 2**62

@@ -35,7 +35,7 @@ from mnist_sum.plots import write_plots
 from mnist_sum.runs import open_run
 from mnist_sum.scoring import Predictions, gather_predictions, metrics
 from mnist_sum.state import LoopState
-from mnist_sum.step import TrainMetricsWindow, make_optimizer, train_step
+from mnist_sum.step import StepOutput, TrainMetricsWindow, count_flops, make_optimizer, train_step
 from mnist_sum.tracking import Tracker
 
 
@@ -160,8 +160,7 @@ class Trainer:
         with tqdm(batches, desc=f"epoch {state.epoch + 1}/{cfg.train.epochs}", leave=False, initial=state.batches_done,
                   total=self.steps_per_epoch, disable=not self.accelerator.is_main_process) as bar:
             for batch in bar:
-                out = train_step(self.ddp_model, batch, self.optimizer, self.scheduler, self.accelerator, cfg,
-                                 state.epoch)
+                out = self._train_step(batch)
                 state.step += 1
                 state.batches_done += 1
                 self.window.add(out, batch, state.step)
@@ -172,6 +171,18 @@ class Trainer:
                     checkpoint = self.save_checkpoint()
                 if stop:
                     raise Stopped(state.step, checkpoint, self.run_dir, self.stop.signum or signal.SIGTERM)
+
+    def _train_step(self, batch: dict[str, torch.Tensor]) -> StepOutput:
+        """`train_step`; the run's first step also counts the model's FLOPs per sample."""
+        def step() -> StepOutput:
+            return train_step(self.ddp_model, batch, self.optimizer, self.scheduler, self.accelerator, self.cfg,
+                              self.state.epoch)
+
+        if self.state.flops_per_sample:
+            return step()
+        out, flops = count_flops(step)
+        self.state.flops_per_sample = flops / len(batch["label"])  # this process's slice of the global batch
+        return out
 
     def _log_train_window(self) -> dict[str, float]:
         logged = self.window.flush(self.accelerator, self.scheduler.get_last_lr()[0],
@@ -228,6 +239,9 @@ class Trainer:
     def write_outputs(self, test: dict[str, Any], preds: Predictions, wall_time_s: float) -> dict[str, Any]:
         """results.json, model.safetensors, test_predictions.csv and the plots (main process); returns the results."""
         state, run_dir = self.state, self.run_dir
+        train_time = self.train_time()
+        # Every sample of every step, on all processes (a resumed run counts the steps of earlier sessions too).
+        train_flops = state.flops_per_sample * state.step * self.cfg.train.global_batch_size
         results = {
             "config": state.config_name,
             "test": test,
@@ -236,10 +250,14 @@ class Trainer:
             "epochs": self.cfg.train.epochs,
             "global_batch_size": self.cfg.train.global_batch_size,
             "resumed_from": self.resumed_from,
-            "train_time_s": round(self.train_time(), 2),
+            "train_time_s": round(train_time, 2),
+            "flops_per_sample": state.flops_per_sample,
+            "train_flops": train_flops,
+            "train_flops_per_s": train_flops / train_time,
             "wall_time_s": round(wall_time_s, 2),
             **environment(self.accelerator),
         }
+        self.tracker.summary({k: results[k] for k in ("train_flops", "train_flops_per_s", "flops_per_sample")})
         if self.accelerator.is_main_process:
             save_weights(run_dir / "model.safetensors", self.model, self.cfg.model)
             save_predictions(run_dir / "test_predictions.csv", preds)

@@ -11,8 +11,11 @@ import sys
 import pytest
 import torch
 from conftest import ROOT, child_env, free_port, launch, train_in_process
+from torch.utils.flop_counter import FlopCounterMode
 
+from mnist_sum.config import load_config
 from mnist_sum.data import pair_numbers
+from mnist_sum.model import build_model, sum_loss
 from mnist_sum.outputs import load_weights
 
 
@@ -74,6 +77,22 @@ def test_metrics_log_counts_steps_and_val(two_process_run):
     val = [x for x in lines if "val/digit_acc" in x]
     assert len(val) == 1 and val[0]["val/num_samples"] == 1000
     assert any(x.get("test/num_samples") == 10000 for x in lines)
+
+
+def test_runs_count_the_flops_of_every_training_sample(one_process_run, two_process_run):
+    # Counted independently here: forward and backward of the smoke net (same config) on a small real batch.
+    cfg = load_config(ROOT / "configs" / "smoke.yaml")
+    model = build_model(cfg.model).train()
+    images, labels = torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8), torch.tensor([1, 2, 3, 4])
+    with FlopCounterMode(display=False) as counter:
+        digit_logits, sum_logits = model(images, labels)
+        sum_loss(digit_logits, sum_logits, labels, labels)[0].backward()
+    per_sample = counter.get_total_flops() / 4
+    for run_dir, _ in (one_process_run, two_process_run):
+        results = json.loads((run_dir / "results.json").read_text())
+        assert results["flops_per_sample"] == per_sample  # per sample, whatever the number of processes
+        assert results["train_flops"] == per_sample * 128 * 64  # 128 steps of 64 samples
+        assert results["train_flops_per_s"] == pytest.approx(results["train_flops"] / results["train_time_s"], rel=1e-2)
 
 
 def test_one_and_two_processes_score_the_same_pairs(one_process_run, two_process_run):
