@@ -18,27 +18,33 @@ NUM_SUMS = 19  # 0 + 0 .. 9 + 9
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
-def _stage(c_in: int, c_out: int) -> nn.Sequential:
-    """Two 3x3 conv-BN-ReLU layers, then halve the resolution."""
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
-    )
+def _stage(c_in: int, c_out: int, convs: int) -> nn.Sequential:
+    """`convs` 3x3 conv-BN-ReLU layers, then halve the resolution."""
+    layers: list[nn.Module] = []
+    for i in range(convs):
+        layers += [nn.Conv2d(c_in if i == 0 else c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                   nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers, nn.MaxPool2d(2))
+
+
+def _digit_head(cfg: ModelConfig) -> nn.Sequential:
+    """The trunk's feature map -> 10 digit logits: global average pooling and one linear layer, or (with
+    `fc_hidden`) the whole map flattened into a fully connected hidden layer, which is cheap next to a
+    convolution at full resolution and carries most of the parameters."""
+    width = cfg.channels[-1]
+    if not cfg.fc_hidden:
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(width, NUM_DIGITS))
+    side = 28 >> len(cfg.channels)  # each stage halves the resolution, rounding down
+    return nn.Sequential(nn.Flatten(), nn.Linear(width * side * side, cfg.fc_hidden), nn.ReLU(inplace=True),
+                         nn.Dropout(cfg.dropout), nn.Linear(cfg.fc_hidden, NUM_DIGITS))
 
 
 class SumNet(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         widths = [1, *cfg.channels]
-        self.trunk = nn.Sequential(*(_stage(a, b) for a, b in zip(widths, widths[1:])))
-        self.digit_head = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(widths[-1], NUM_DIGITS)
-        )
+        self.trunk = nn.Sequential(*(_stage(a, b, cfg.convs_per_stage) for a, b in zip(widths, widths[1:])))
+        self.digit_head = _digit_head(cfg)
         self.sum_head = nn.Sequential(
             nn.Linear(2 * NUM_DIGITS, cfg.sum_hidden), nn.ReLU(inplace=True), nn.Linear(cfg.sum_hidden, NUM_SUMS)
         )

@@ -91,6 +91,8 @@ class Trainer:
         self.ddp_model, self.optimizer, self.train_loader, self.val_loader, self.test_loader, self.scheduler = (
             accelerator.prepare(self.model, optimizer, self.train_loader, self.val_loader, self.test_loader, scheduler))
         self.model = accelerator.unwrap_model(self.ddp_model)
+        if cfg.train.compile:  # the steps run the compiled module; checkpoints and evaluation the plain one
+            self.ddp_model = torch.compile(self.ddp_model)
         self.state = self._resume(opened.checkpoint, opened.state, config_name)
 
         self.tracker = on_exit.enter_context(Tracker(accelerator, self.run_dir))
