@@ -18,9 +18,12 @@ def _batch(n=16, seed=0):
             torch.randint(0, 10, (n,), generator=g), torch.randint(0, 10, (n,), generator=g))
 
 
-@pytest.mark.parametrize("channels", [[8], [8, 16], [8, 16, 32], [4, 8, 16, 32]])
-def test_two_heads_have_the_right_shapes(channels):
-    model = build_model(ModelConfig(channels=channels, sum_hidden=16)).eval()
+@pytest.mark.parametrize("channels, convs, fc_hidden", [([8], 2, 0), ([8, 16], 2, 0), ([8, 16, 32], 2, 0),
+                                                         ([4, 8, 16, 32], 2, 0), ([8], 1, 32), ([8, 16], 1, 64),
+                                                         ([4, 8, 16], 3, 16), ([4, 8, 16, 32], 1, 8)])
+def test_two_heads_have_the_right_shapes(channels, convs, fc_hidden):
+    model = build_model(ModelConfig(channels=channels, convs_per_stage=convs, fc_hidden=fc_hidden, sum_hidden=16)).eval()
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) == convs * len(channels)
     images, labels, numbers = _batch()
     digits, sums = model(images, numbers)
     assert digits.shape == (16, 10) and sums.shape == (16, NUM_SUMS)
