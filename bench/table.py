@@ -1,7 +1,7 @@
 """Summarise finished runs as one Markdown table: time, compute, throughput, time to 99% and test accuracy.
 
     python bench/table.py runs/quick runs/default            # one row per run
-    python bench/table.py --mean runs/default-seed*           # plus a mean ± std row over the runs given
+    python bench/table.py --mean runs/default-seed*           # plus mean ± std and min rows over the runs given
 
 Time to 99% is the training time at the first validation where both heads reached 99% on val. Training
 FLOPs are the model's forward and backward over every training sample (counted by the run itself).
@@ -35,7 +35,7 @@ def summarise(run_dir: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path)
-    parser.add_argument("--mean", action="store_true", help="add a mean ± std row")
+    parser.add_argument("--mean", action="store_true", help="add mean ± std and min rows")
     args = parser.parse_args()
     rows = [summarise(r) for r in args.runs]
     print(f"# {rows[0]['device']}, {rows[0]['world_size']} process(es)")
@@ -53,6 +53,8 @@ def main() -> None:
             return f"{statistics.mean(values):{fmt}} ± {statistics.stdev(values):{fmt}}"
         print(f"| mean ± std of {len(rows)} | | {ms('wall_s', fmt='.0f')} s | {ms('train_s', fmt='.0f')} s | | | | | "
               + " | ".join(ms(k, 100) + "%" for k in COLUMNS) + " |")
+        print(f"| min of {len(rows)} | | | | | | | | " + " | ".join(f"{100 * min(r[k] for r in rows):.2f}%" for k in COLUMNS)
+              + " |")
 
 
 if __name__ == "__main__":

@@ -50,14 +50,14 @@ def train(cfg: Config, config_name: str = "default", resume: str | None = None) 
     with ExitStack() as on_exit:  # the one exit path: leaving it undoes the set-up in reverse order
         on_exit.enter_context(peers_watched(accelerator))  # outermost: a lost peer becomes one line after the clean-up
         on_exit.callback(accelerator.end_training)
-        trainer = Trainer(cfg, config_name, resume, accelerator, on_exit)
+        trainer = Trainer(cfg, config_name, resume, accelerator, on_exit, started)
         while trainer.state.epoch < cfg.train.epochs:
             trainer.train_epoch()
             trainer.validate_and_select()
             trainer.end_epoch()
-        trainer.stop.restore()  # nothing left to checkpoint: during the test a signal ends the run as usual
+        trainer.end_loop()
         test, preds = trainer.test()
-        results = trainer.write_outputs(test, preds, wall_time_s=time.perf_counter() - started)
+        results = trainer.write_outputs(test, preds)
         accelerator.wait_for_everyone()
         return results
 
@@ -67,8 +67,9 @@ class Trainer:
     request and the checkpoint policy. Built by `train()`, which registers their clean-up in `on_exit`."""
 
     def __init__(self, cfg: Config, config_name: str, resume: str | None, accelerator: Accelerator,
-                 on_exit: ExitStack) -> None:
+                 on_exit: ExitStack, started: float) -> None:
         self.cfg, self.accelerator = cfg, accelerator
+        self.clock = {"start": started}  # perf_counter() at the start of each phase of this session
         check_world(cfg, accelerator.num_processes)
         self._load_data()
 
@@ -107,7 +108,7 @@ class Trainer:
             f"{accelerator.mixed_precision}, {cfg.train.epochs} epochs x {self.steps_per_epoch} steps of "
             f"{cfg.train.global_batch_size}")
         self._time_before = self.state.train_time_s  # spent in earlier sessions of this run
-        self._started = time.perf_counter()
+        self._started = self.clock["train"] = time.perf_counter()
 
     def _load_data(self) -> None:
         """The three splits, decoded once on the main process first (it may download or build a cache)."""
@@ -229,6 +230,12 @@ class Trainer:
         return save_checkpoint(self.accelerator, self.run_dir, self.state, self.best_weights,
                                self.cfg.checkpoint.keep_last)
 
+    def end_loop(self) -> None:
+        """Training is over: its time is fixed, and a signal ends the run as usual (nothing left to checkpoint)."""
+        self.stop.restore()
+        self.state.train_time_s = self.train_time()
+        self.clock["test"] = time.perf_counter()
+
     def test(self) -> tuple[dict[str, Any], Predictions]:
         """Score the test split, once, on the selected (best-val) weights."""
         self.model.load_state_dict(self.best_weights)
@@ -238,12 +245,18 @@ class Trainer:
         self.tracker.summary({f"test/{k}": v for k, v in test.items()})
         return test, preds
 
-    def write_outputs(self, test: dict[str, Any], preds: Predictions, wall_time_s: float) -> dict[str, Any]:
-        """results.json, model.safetensors, test_predictions.csv and the plots (main process); returns the results."""
+    def write_outputs(self, test: dict[str, Any], preds: Predictions) -> dict[str, Any]:
+        """model.safetensors, test_predictions.csv, the plots and, last, results.json (main process); returns the
+        results."""
         state, run_dir = self.state, self.run_dir
-        train_time = self.train_time()
+        self.clock["outputs"] = time.perf_counter()
+        if self.accelerator.is_main_process:
+            save_weights(run_dir / "model.safetensors", self.model, self.cfg.model)
+            save_predictions(run_dir / "test_predictions.csv", preds)
+            write_plots(run_dir, preds)
         # Every sample of every step, on all processes (a resumed run counts the steps of earlier sessions too).
         train_flops = state.flops_per_sample * state.step * self.cfg.train.global_batch_size
+        now = time.perf_counter()
         results = {
             "config": state.config_name,
             "test": test,
@@ -252,18 +265,20 @@ class Trainer:
             "epochs": self.cfg.train.epochs,
             "global_batch_size": self.cfg.train.global_batch_size,
             "resumed_from": self.resumed_from,
-            "train_time_s": round(train_time, 2),
+            "train_time_s": round(state.train_time_s, 2),
             "flops_per_sample": state.flops_per_sample,
             "train_flops": train_flops,
-            "train_flops_per_s": train_flops / train_time,
-            "wall_time_s": round(wall_time_s, 2),
+            "train_flops_per_s": train_flops / state.train_time_s,
+            "wall_time_s": round(now - self.clock["start"], 2),
+            # This session's phases: what a run costs besides training (process start-up comes before them).
+            "phases_s": {"setup": round(self.clock["train"] - self.clock["start"], 2),
+                         "train": round(self.clock["test"] - self.clock["train"], 2),
+                         "test": round(self.clock["outputs"] - self.clock["test"], 2),
+                         "outputs": round(now - self.clock["outputs"], 2)},
             **environment(self.accelerator),
         }
         self.tracker.summary({k: results[k] for k in ("train_flops", "train_flops_per_s", "flops_per_sample")})
         if self.accelerator.is_main_process:
-            save_weights(run_dir / "model.safetensors", self.model, self.cfg.model)
-            save_predictions(run_dir / "test_predictions.csv", preds)
-            write_plots(run_dir, preds)
             write_json(run_dir / "results.json", results)
         self.accelerator.print(
             f"test: digit {test['digit_acc']:.2%}  sum {test['sum_acc']:.2%}  joint {test['joint_acc']:.2%}  "

@@ -38,6 +38,10 @@ def test_two_process_run_writes_complete_results(two_process_run, mnist):
     assert result.stdout.count("mnist-sum: run folder") == 1  # only the main process talks
     results = json.loads((run_dir / "results.json").read_text())
     assert results["world_size"] == 2
+    phases = results["phases_s"]  # the session's wall time, phase by phase (bench/fixed_cost.py prints them)
+    assert list(phases) == ["setup", "train", "test", "outputs"] and all(v > 0 for v in phases.values())
+    assert sum(phases.values()) == pytest.approx(results["wall_time_s"], abs=0.05)
+    assert phases["train"] == pytest.approx(results["train_time_s"], abs=0.02)  # not resumed: all of its training
     test = results["test"]
     assert test["num_samples"] == 10000 and test["num_exhaustive_pairs"] == 100000
     assert 0.3 < test["digit_acc"] <= 1.0  # the smoke run learns something, far from chance (0.1)
