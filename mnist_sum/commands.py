@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from mnist_sum.config import DEFAULT_CONFIG, PROJECT_ROOT, load_config
-from mnist_sum.errors import LostPeer, ProjectError, Stopped
+from mnist_sum.errors import LostPeer, ProjectError, Stopped, UsageError
 from mnist_sum.files import write_json
 
 
@@ -77,6 +77,10 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     def train_command() -> None:
         config_path = Path(args.config or DEFAULT_CONFIG)
         cfg = load_config(config_path, args.overrides)
+        if args.resume == "auto" and not (cfg.run.name or cfg.run.dir):
+            # Without a name, each start would make a new timestamped folder: nothing would ever be resumed.
+            raise UsageError("--resume auto needs to know which run to continue",
+                             "name it: run.name=NAME for the folder runs/NAME, or run.dir=PATH; the same at every start")
         from mnist_sum.runs import run_dir_for  # after the config is read: see the module docstring
         from mnist_sum.trainer import train
 

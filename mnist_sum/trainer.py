@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import platform
 import signal
+import subprocess
 import sys
 import time
 from contextlib import ExitStack
@@ -24,7 +25,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from mnist_sum.checkpoint import CheckpointPolicy, load_best, save_checkpoint
-from mnist_sum.config import Config
+from mnist_sum.config import PROJECT_ROOT, Config
 from mnist_sum.data import load_splits, make_datasets, make_loader, set_epoch
 from mnist_sum.distributed import StopRequest, average_buffers, check_world, main_decides, make_accelerator, peers_watched
 from mnist_sum.errors import Diverged, Stopped, UsageError
@@ -97,8 +98,8 @@ class Trainer:
         self.state = self._resume(opened.checkpoint, opened.state, config_name)
 
         self.tracker = on_exit.enter_context(Tracker(accelerator, self.run_dir))
-        self.state.wandb_run_id = self.tracker.start_wandb(cfg.wandb, cfg.to_dict(), self.run_dir.name,
-                                                           self.state.wandb_run_id)
+        self.state.wandb_run_id = self.tracker.start_wandb(cfg.wandb, cfg.to_dict() | {"git": git_state()},
+                                                           self.run_dir.name, self.state.wandb_run_id)
         self.stop = on_exit.enter_context(StopRequest(accelerator))
         self.policy = CheckpointPolicy(cfg.checkpoint, cfg.train.epochs, self.steps_per_epoch)
         self.window = TrainMetricsWindow(accelerator.device)
@@ -287,10 +288,23 @@ class Trainer:
         return results
 
 
+def git_state(root: Path = PROJECT_ROOT) -> dict[str, Any] | None:
+    """The commit the code ran from and whether the tree differed from it (uncommitted or untracked files);
+    None outside a git checkout or without git."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True).stdout
+
+    try:
+        return {"commit": git("rev-parse", "HEAD").strip(), "dirty": bool(git("status", "--porcelain").strip())}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def environment(accelerator: Accelerator) -> dict[str, Any]:
     device = accelerator.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     return {
+        "git": git_state(),
         "world_size": accelerator.num_processes,
         "device": f"{device.type} ({name})",
         "mixed_precision": accelerator.mixed_precision,

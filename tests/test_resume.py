@@ -186,6 +186,17 @@ def test_resume_refuses_a_changed_recipe(reference, tmp_path, capsys):
                                             "exactly, or start a new run)")
 
 
+def test_resume_auto_without_a_run_name_is_refused(capsys):
+    # Without run.name or run.dir every start would make a new timestamped folder and never resume anything.
+    runs = sorted((ROOT / "runs").glob("*")) if (ROOT / "runs").exists() else []
+    code, err = train_in_process(["--resume", "auto", "--config", str(ROOT / "configs" / "smoke.yaml")], capsys)
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "mnist-sum: error: --resume auto needs to know which run to continue (name it: run.name=NAME for the "
+        "folder runs/NAME, or run.dir=PATH; the same at every start)"]
+    assert (sorted((ROOT / "runs").glob("*")) if (ROOT / "runs").exists() else []) == runs  # nothing made
+
+
 def test_resume_auto_without_checkpoint_starts_fresh(reference):
     run_dir, result = reference(1, with_output=True)  # started with --resume auto on a folder that did not exist
     assert "resuming" not in result.stdout and (run_dir / "results.json").exists()

@@ -43,6 +43,7 @@ def test_offline_wandb_run_holds_the_logged_metrics(smoke_run):
     assert final["val/loss"] == {"min": pytest.approx(results["best_val"]["loss"])}  # the selected epoch
     assert final["train_flops"] == results["train_flops"] > 0 and final["train_flops_per_s"] == results["train_flops_per_s"]
     assert config(path)["optim"]["lr"] == 0.003
+    assert config(path)["git"] == results["git"] and len(results["git"]["commit"]) == 40  # provenance in W&B too
 
 
 def test_without_api_key_or_mode_wandb_goes_offline_without_prompting(tmp_path):

@@ -38,6 +38,9 @@ def test_two_process_run_writes_complete_results(two_process_run, mnist):
     assert result.stdout.count("mnist-sum: run folder") == 1  # only the main process talks
     results = json.loads((run_dir / "results.json").read_text())
     assert results["world_size"] == 2
+    # Provenance: the commit the code ran from, and whether the tree differed from it.
+    git = lambda *args: subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout  # noqa: E731
+    assert results["git"] == {"commit": git("rev-parse", "HEAD").strip(), "dirty": bool(git("status", "--porcelain").strip())}
     phases = results["phases_s"]  # the session's wall time, phase by phase (bench/fixed_cost.py prints them)
     assert list(phases) == ["setup", "train", "test", "outputs"] and all(v > 0 for v in phases.values())
     assert sum(phases.values()) == pytest.approx(results["wall_time_s"], abs=0.05)
