@@ -98,7 +98,8 @@ class Trainer:
         self.state = self._resume(opened.checkpoint, opened.state, config_name)
 
         self.tracker = on_exit.enter_context(Tracker(accelerator, self.run_dir))
-        self.state.wandb_run_id = self.tracker.start_wandb(cfg.wandb, cfg.to_dict() | {"git": git_state()},
+        self.git = git_state()  # once: W&B and results.json record the same answer
+        self.state.wandb_run_id = self.tracker.start_wandb(cfg.wandb, cfg.to_dict() | {"git": self.git},
                                                            self.run_dir.name, self.state.wandb_run_id)
         self.stop = on_exit.enter_context(StopRequest(accelerator))
         self.policy = CheckpointPolicy(cfg.checkpoint, cfg.train.epochs, self.steps_per_epoch)
@@ -276,6 +277,7 @@ class Trainer:
                          "train": round(self.clock["test"] - self.clock["train"], 2),
                          "test": round(self.clock["outputs"] - self.clock["test"], 2),
                          "outputs": round(now - self.clock["outputs"], 2)},
+            "git": self.git,
             **environment(self.accelerator),
         }
         self.tracker.summary({k: results[k] for k in ("train_flops", "train_flops_per_s", "flops_per_sample")})
@@ -304,7 +306,6 @@ def environment(accelerator: Accelerator) -> dict[str, Any]:
     device = accelerator.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     return {
-        "git": git_state(),
         "world_size": accelerator.num_processes,
         "device": f"{device.type} ({name})",
         "mixed_precision": accelerator.mixed_precision,
