@@ -234,6 +234,7 @@ def test_a_failing_run_closes_its_tracker_restores_signals_and_ends_in_one_error
         train(cfg, config_name="diverging")
     assert signal.getsignal(signal.SIGTERM) is before
     assert wandb.run is None  # the W&B run was finished ...
+    wandb.teardown()  # its service writes the run file in the background: wait until everything is on disk
     (run_file,) = (tmp_path / "run").glob("wandb/offline-run-*/run-*.wandb")
     exits = [r.exit for r in read_records(run_file) if r.WhichOneof("record_type") == "exit"]
     assert [e.exit_code for e in exits] == [1]  # ... as failed
