@@ -95,7 +95,7 @@ class Trainer:
         self.model = accelerator.unwrap_model(self.ddp_model)
         if cfg.train.compile:  # the steps run the compiled module; checkpoints and evaluation the plain one
             self.ddp_model = torch.compile(self.ddp_model)
-        self.state = self._resume(opened.checkpoint, opened.state, config_name)
+        self.state, self.best_weights = self._resume(opened.checkpoint, opened.state, config_name)
 
         self.tracker = on_exit.enter_context(Tracker(accelerator, self.run_dir))
         self.git = git_state()  # once: W&B and results.json record the same answer
@@ -110,7 +110,7 @@ class Trainer:
             f"{accelerator.mixed_precision}, {cfg.train.epochs} epochs x {self.steps_per_epoch} steps of "
             f"{cfg.train.global_batch_size}")
         self._time_before = self.state.train_time_s  # spent in earlier sessions of this run
-        self._started = self.clock["train"] = time.perf_counter()
+        self.clock["train"] = time.perf_counter()
 
     def _load_data(self) -> None:
         """The three splits, decoded once on the main process first (it may download or build a cache)."""
@@ -133,25 +133,25 @@ class Trainer:
         self.test_loader = make_loader(self.test_set, cfg.train.eval_batch_size, seed=seed, train=False,
                                        num_workers=workers)
 
-    def _resume(self, checkpoint: Path | None, state: LoopState | None, config_name: str) -> LoopState:
-        """The loop state to start from: a fresh one, or the checkpoint's, with everything it saved loaded."""
+    def _resume(self, checkpoint: Path | None, state: LoopState | None,
+                config_name: str) -> tuple[LoopState, dict[str, torch.Tensor]]:
+        """(loop state, best-val weights so far) to start from: fresh ones, or the checkpoint's, with everything
+        it saved loaded."""
         world = self.accelerator.num_processes
-        self.best_weights: dict[str, torch.Tensor] = {}
         if checkpoint is None or state is None:
-            return LoopState(config=self.cfg.to_dict(), config_name=config_name, world_size=world)
+            return LoopState(config=self.cfg.to_dict(), config_name=config_name, world_size=world), {}
         self.accelerator.load_state(str(checkpoint))  # model, optimizer, schedule, grad scaler, this process's RNG
-        self.best_weights = load_best(checkpoint)
         if state.world_size != world:
             self.accelerator.print(
                 f"mnist-sum: note: the checkpoint was written by {state.world_size} process(es); the global batches "
                 "continue in the same order, but dropout draws differ, so the result is not bit-identical to an "
                 "uninterrupted run")
         state.config, state.world_size = self.cfg.to_dict(), world  # as the next checkpoint will record them
-        return state
+        return state, load_best(checkpoint)
 
     def train_time(self) -> float:
         """Seconds of training and validation, over every session of the run."""
-        return self._time_before + time.perf_counter() - self._started
+        return self._time_before + time.perf_counter() - self.clock["train"]
 
     def train_epoch(self) -> None:
         """Train the current epoch's remaining steps; a stop request checkpoints and raises `Stopped`."""
@@ -213,7 +213,7 @@ class Trainer:
             self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         accelerator.print(
             f"epoch {state.epoch + 1}/{self.cfg.train.epochs}: val digit {val['digit_acc']:.2%} sum {val['sum_acc']:.2%} "
-            f"loss {val['loss']:.4f}{'  (best)' if better else ''}  [{time.perf_counter() - self._started:.0f}s]")
+            f"loss {val['loss']:.4f}{'  (best)' if better else ''}  [{time.perf_counter() - self.clock['train']:.0f}s]")
 
     def end_epoch(self) -> None:
         self.state.epoch, self.state.batches_done = self.state.epoch + 1, 0

@@ -4,6 +4,7 @@ one exit path of a failing run."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -111,10 +112,8 @@ def test_window_names_the_first_step_whose_loss_was_not_finite(accelerator):
 def _state(**changes) -> LoopState:
     base = LoopState(config=load_config(None).to_dict(), config_name="quick", world_size=2, step=300, epoch=1,
                      batches_done=71, best_val={"loss": 0.05, "epoch": 1, "step": 229}, train_time_s=12.5,
-                     wandb_run_id="abc12345", metrics_lines=9)
-    for key, value in changes.items():
-        setattr(base, key, value)
-    return base
+                     wandb_run_id="abc12345", metrics_lines=9, flops_per_sample=7.1e6)
+    return dataclasses.replace(base, **changes)
 
 
 def _checkpoint_folder(tmp_path, state: LoopState):
