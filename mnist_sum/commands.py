@@ -81,15 +81,22 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             # Without a name, each start would make a new timestamped folder: nothing would ever be resumed.
             raise UsageError("--resume auto needs to know which run to continue",
                              "name it: run.name=NAME for the folder runs/NAME, or run.dir=PATH; the same at every start")
-        from mnist_sum.runs import run_dir_for  # after the config is read: see the module docstring
+        from mnist_sum.runs import elastic_restart, run_dir_for  # after the config is read: see the module docstring
         from mnist_sum.trainer import train
 
-        if args.resume and args.config is None:
+        resume = args.resume
+        if elastic_restart() and resume is None:
+            # torchrun restarted the workers after one died: they continue their own run, which keeps its name
+            # (a timestamped one included: see runs.launch_time), from its newest whole checkpoint.
+            resume = "auto"
+            _say(f"mnist-sum: restart {elastic_restart()} of at most {os.environ.get('TORCHELASTIC_MAX_RESTARTS', '?')} "
+                 "by the launcher: continuing the run from its newest whole checkpoint")
+        if resume and args.config is None:
             # Resuming without --config: the run's own resolved config is the base the overrides apply to.
-            run_dir = run_dir_for(cfg, config_path.stem) if args.resume == "auto" else Path(args.resume).parent
+            run_dir = run_dir_for(cfg, config_path.stem) if resume == "auto" else Path(resume).parent
             if (run_dir / "config.yaml").is_file():
                 cfg = load_config(run_dir / "config.yaml", args.overrides)
-        train(cfg, config_name=config_path.stem, resume=args.resume)
+        train(cfg, config_name=config_path.stem, resume=resume)
 
     return run_command(train_command, args.debug)
 

@@ -7,6 +7,7 @@ error: a stop that was asked for (SIGTERM, Ctrl-C) and saved a checkpoint to res
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
@@ -64,8 +65,15 @@ class LostPeer(ProjectError):
 
     def __init__(self, rank: int | str, cause: str) -> None:
         super().__init__(f"process {rank} lost contact with the other processes: {cause}",
-                         "see the other processes' output for the cause; continue with --resume auto")
+                         "see the other processes' output for the cause; " + _how_to_continue())
         self.args = (rank, cause)
+
+
+def _how_to_continue() -> str:
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
+    if restarts < int(os.environ.get("TORCHELASTIC_MAX_RESTARTS") or 0):  # accelerate launch --max_restarts N
+        return f"the launcher restarts the workers from the newest checkpoint (restart {restarts + 1})"
+    return "continue with --resume auto"
 
 
 class Stopped(Exception):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from mnist_sum.checkpoint import find_latest, open_checkpoint
 from mnist_sum.config import Config
@@ -18,8 +21,27 @@ from mnist_sum.state import LoopState
 RESUMABLE_CHANGES = ("run.", "checkpoint.", "wandb.", "data.num_workers", "train.log_every")
 
 
+def elastic_restart() -> int:
+    """How many times torchrun's elastic agent (`accelerate launch --max_restarts N`) has restarted this worker
+    group: 0 on the first start and outside torchrun."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
+
+
+def launch_time() -> datetime:
+    """When the job was launched. Under torchrun that is the start of the elastic agent, the workers' parent,
+    which outlives every worker group it restarts: a run named by its start time keeps its folder through
+    restarts. (Global rank 0, which names the run, stays on the agent of machine rank 0: Accelerate's static
+    rendezvous.)"""
+    if "TORCHELASTIC_RESTART_COUNT" in os.environ:
+        try:
+            return datetime.fromtimestamp(psutil.Process(os.getppid()).create_time())
+        except psutil.Error:
+            pass  # the agent is gone or unreadable: the workers are on their own
+    return datetime.now()
+
+
 def run_dir_for(cfg: Config, config_name: str) -> Path:
-    name = cfg.run.name or f"{config_name}-{datetime.now():%Y%m%d-%H%M%S}"
+    name = cfg.run.name or f"{config_name}-{launch_time():%Y%m%d-%H%M%S}"
     return Path(cfg.run.dir or Path("runs") / name)
 
 

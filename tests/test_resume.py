@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, child_env, descendants, launch_cmd, train_in_process
@@ -33,7 +34,8 @@ def _run(args: list[str], num_processes: int = 1) -> subprocess.CompletedProcess
 
 
 def _interrupt(run_dir, sig: int, num_processes: int = 1, wait_for: str = "step_000064") -> subprocess.CompletedProcess:
-    """Start the recipe, wait until `wait_for` exists (mid-epoch 1), then signal it."""
+    """Start the recipe, wait until `wait_for` exists (128 steps an epoch: step_000064 is mid-epoch 1), then
+    signal it."""
     proc = subprocess.Popen([*_cmd(num_processes), *RECIPE, f"run.dir={run_dir}"], cwd=ROOT, env=child_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
@@ -81,9 +83,10 @@ def reference(tmp_path_factory):
     return get
 
 
-def test_sigkill_mid_epoch_then_resume_is_byte_identical(reference, tmp_path):
+def test_sigkill_in_epoch_2_then_resume_is_byte_identical(reference, tmp_path):
     ref = reference(1)
-    killed = _interrupt(tmp_path / "run", signal.SIGKILL)
+    # Mid-epoch 2: a resume after the first epoch is where Accelerate < 1.15 went wrong (accelerate#4071).
+    killed = _interrupt(tmp_path / "run", signal.SIGKILL, wait_for="step_000160")
     assert killed.returncode == -signal.SIGKILL
     result = _resume(tmp_path / "run")
     assert "resuming from step_" in result.stdout
@@ -96,7 +99,7 @@ def test_sigkill_mid_epoch_then_resume_is_byte_identical(reference, tmp_path):
     files = sorted((tmp_path / "run").glob("wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 2 and len({f.name for f in files}) == 1  # run-<same id>.wandb, twice
     resumed = history(files[-1])
-    assert min(r["_step"] for r in resumed) > 64 and max(r["_step"] for r in resumed) == 384
+    assert min(r["_step"] for r in resumed) > 160 and max(r["_step"] for r in resumed) == 384
 
 
 def test_sigterm_saves_a_checkpoint_and_resumes_byte_identical(reference, tmp_path):
@@ -117,9 +120,9 @@ def test_sigterm_saves_a_checkpoint_and_resumes_byte_identical(reference, tmp_pa
 
 
 @pytest.mark.slow
-def test_two_processes_sigkill_then_resume_is_byte_identical(reference, tmp_path):
+def test_two_processes_sigkill_in_epoch_3_then_resume_is_byte_identical(reference, tmp_path):
     ref = reference(2)
-    _interrupt(tmp_path / "run", signal.SIGKILL, num_processes=2)
+    _interrupt(tmp_path / "run", signal.SIGKILL, num_processes=2, wait_for="step_000288")  # mid-epoch 3
     _resume(tmp_path / "run", num_processes=2)
     assert (tmp_path / "run" / "model.safetensors").read_bytes() == (ref / "model.safetensors").read_bytes()
     assert _metrics(tmp_path / "run") == _metrics(ref)
@@ -133,6 +136,42 @@ def test_two_processes_sigterm_stops_every_rank_at_one_step(reference, tmp_path)
     assert state.world_size == 2 and (latest / "random_states_1.pkl").exists()
     _resume(tmp_path / "run", num_processes=2)
     assert (tmp_path / "run" / "model.safetensors").read_bytes() == (ref / "model.safetensors").read_bytes()
+
+
+def _worker(launcher: int, rank: int) -> int:
+    """The pid of the training process of global rank `rank` below the launcher."""
+    for pid in descendants(launcher):
+        try:
+            env = (Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"), Path(f"/proc/{pid}/cmdline").read_bytes())
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env[0] and b"train.py" in env[1]:
+            return pid
+    raise AssertionError(f"no rank {rank} worker below {launcher}")
+
+
+@pytest.mark.slow
+def test_elastic_restart_continues_the_run_by_itself(reference, tmp_path):
+    """`accelerate launch --max_restarts 1`, no --resume and no run name: one worker dies in the second epoch,
+    the launcher restarts the group, and the run continues in its own (timestamped) folder."""
+    ref = reference(2)
+    cmd = [*launch_cmd(2), "--max_restarts", "1", str(ROOT / "train.py"), *RECIPE]
+    cmd[cmd.index("configs/smoke.yaml")] = str(ROOT / "configs" / "smoke.yaml")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not list(tmp_path.glob("runs/smoke-*/step_000160")):  # a checkpoint mid-epoch 2
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.time() < deadline
+        time.sleep(0.005)
+    os.kill(_worker(proc.pid, 1), signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert "restart 1 of at most 1 by the launcher" in err and "resuming from step_000160" in out
+    [run] = tmp_path.glob("runs/*")  # one folder: the restarted workers found the run by its start time
+    assert (run / "model.safetensors").read_bytes() == (ref / "model.safetensors").read_bytes()
+    assert _metrics(run) == _metrics(ref)  # the same lines: steps never go backwards
+    files = sorted(run.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 2 and len({f.name for f in files}) == 1  # one W&B run id, a segment per start
 
 
 def test_pruning_keeps_the_newest_whole_checkpoints(reference):
