@@ -76,6 +76,17 @@ def wandb_mode(cfg: WandbConfig) -> tuple[str, str]:
     return "online", "config"
 
 
+def offline_segments(sync_dir: Path, run_id: str) -> list[Path]:
+    """Every offline folder of one W&B run, oldest first: a resumed offline run writes a new
+    `offline-run-<start time>-<id>` folder beside the earlier ones (`sync_dir` is the newest). `wandb sync`
+    uploads them in start order as one run, dropping steps an earlier folder already holds."""
+    return sorted({*sync_dir.parent.glob(f"offline-run-*-{run_id}"), sync_dir})
+
+
+def _relative(path: Path) -> Path:
+    return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+
+
 class Tracker:
     """Where the loop logs. A context manager: leaving it closes the metrics file and, when the run failed,
     marks the W&B run failed (`accelerator.end_training()` finishes it otherwise)."""
@@ -115,14 +126,24 @@ class Tracker:
         # A resumed online run knows the last step its server holds; steps up to it were logged before the
         # interruption, with the same values (the resume is exact), and W&B would refuse them again.
         self._wandb_from_step = self.wandb.step if self.wandb.resumed else 0
+        self._replay()
         if mode == "offline":
-            sync_dir = Path(self.wandb.settings.sync_dir)
-            if sync_dir.is_relative_to(Path.cwd()):
-                sync_dir = sync_dir.relative_to(Path.cwd())
-            print(f"mnist-sum: W&B is logging offline ({why}); upload later with: wandb sync {sync_dir}", file=sys.stderr)
+            folders = " ".join(str(_relative(p)) for p in offline_segments(Path(self.wandb.settings.sync_dir), run_id))
+            print(f"mnist-sum: W&B is logging offline ({why}); upload later with: wandb sync {folders}", file=sys.stderr)
         else:
             print(f"mnist-sum: W&B run {self.wandb.url}", file=sys.stderr)
         return run_id
+
+    def _replay(self) -> None:
+        """A resumed run logs its earlier metrics.jsonl lines (cut back to the checkpoint) to W&B again: a
+        session killed with SIGKILL loses the rows W&B had not yet written out, and the checkpoint may be newer
+        than them. W&B keeps the steps it lacks and drops the rest (online: the steps below the server's;
+        offline: `wandb sync` drops steps an earlier folder of the run already holds)."""
+        self._file.flush()
+        with open(self.run_dir / "metrics.jsonl") as lines:
+            for line in lines:
+                values = json.loads(line)
+                self.log_wandb(values, values.pop("step"))
 
     def log(self, values: dict[str, Any], step: int) -> None:
         """One JSON line per call: {"step": N, key: value, ...}; flushed so a crash keeps every line written."""

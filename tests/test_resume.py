@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, child_env, descendants, launch_cmd, train_in_process
-from wandb_records import history
+from wandb_records import history, merged_history
 
 from mnist_sum.checkpoint import find_latest, prune
 
@@ -65,6 +65,20 @@ def _metrics(run_dir) -> list[dict]:
     return [{k: v for k, v in x.items() if k not in timing} for x in lines]
 
 
+def _rows_by_step(lines: list[dict]) -> list[dict]:
+    """metrics.jsonl as W&B stores it: the lines logged at one step make one history row."""
+    rows: dict[int, dict] = {}
+    for line in lines:
+        rows.setdefault(line["step"], {}).update({k: v for k, v in line.items() if k != "step"})
+    return [{"_step": step, **values} for step, values in rows.items()]
+
+
+def _wandb_rows(rows: list[dict]) -> list[dict]:
+    """W&B history rows without W&B's own columns, the media (tables, charts) and the wall-clock figures."""
+    drop = ("_runtime", "_timestamp", "train/samples_per_s", "train/elapsed_s", "val/misclassified", "val/confusion_")
+    return [{k: v for k, v in row.items() if not k.startswith(drop)} for row in rows]
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """Uninterrupted runs with 1 and 2 processes, made on first use. The 1-process one is started with
@@ -95,11 +109,15 @@ def test_sigkill_in_epoch_2_then_resume_is_byte_identical(reference, tmp_path):
     assert _metrics(tmp_path / "run") == _metrics(ref)
     assert json.loads((tmp_path / "run" / "results.json").read_text())["test"] == json.loads(
         (ref / "results.json").read_text())["test"]
-    # One W&B run: the resumed session logs to the same run id, its steps continuing after the checkpoint.
+    # One W&B run: the resumed session logs to the same run id (and replays the log up to its checkpoint,
+    # which the killed session may not have written out).
     files = sorted((tmp_path / "run").glob("wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 2 and len({f.name for f in files}) == 1  # run-<same id>.wandb, twice
-    resumed = history(files[-1])
-    assert min(r["_step"] for r in resumed) > 160 and max(r["_step"] for r in resumed) == 384
+    assert max(r["_step"] for r in history(files[0])) < 384 == max(r["_step"] for r in history(files[1]))
+    # The upload line names both segments, oldest first; uploaded so, W&B holds exactly the metrics.jsonl log.
+    upload = result.stderr.split("upload later with: wandb sync ")[1].splitlines()[0].split()
+    assert [Path(p).resolve() for p in upload] == [f.parent.resolve() for f in files]
+    assert _wandb_rows(merged_history(files)) == _rows_by_step(_metrics(tmp_path / "run"))
 
 
 def test_sigterm_saves_a_checkpoint_and_resumes_byte_identical(reference, tmp_path):

@@ -56,3 +56,12 @@ def config(path: Path) -> dict:
         if record.WhichOneof("record_type") == "config":
             out.update(_items(record.config.update))
     return out
+
+
+def merged_history(files: list[Path]) -> list[dict]:
+    """The history W&B holds after `wandb sync` of a run's offline segments in start order: a row whose step
+    is at or below the last step already uploaded is dropped."""
+    rows: list[dict] = []
+    for path in files:
+        rows += [row for row in history(path) if not rows or row["_step"] > rows[-1]["_step"]]
+    return rows
