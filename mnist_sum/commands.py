@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -39,6 +40,17 @@ def _say(line: str, every_rank: bool = False) -> None:
         print(line, file=sys.stderr)
 
 
+def _tell_launcher(line: str) -> None:
+    """Under torchrun (`accelerate launch` with several processes), leave `line` where the launcher's failure
+    report looks for a worker's error: the file `torch.distributed.elastic...errors.record` writes for an
+    uncaught exception, in its format. The report then names the line as the root cause instead of pointing
+    to the docs on tracebacks."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
+        info = {"py_callstack": line, "timestamp": str(int(time.time()))}
+        write_json(Path(path), {"message": {"message": line, "extraInfo": info}})
+
+
 def run_command(command: Callable[[], object], debug: bool) -> int:
     """Run `command`; a ProjectError or a requested stop becomes one line on stderr and its exit code
     (a traceback instead with --debug)."""
@@ -49,9 +61,11 @@ def run_command(command: Callable[[], object], debug: bool) -> int:
             raise
         # Every process meets the same error and one line is enough; a lost peer is each process's own news.
         _say(err.line(), every_rank=isinstance(err, LostPeer))
+        _tell_launcher(err.line())
         return err.exit_code
     except Stopped as stop:
         _say(stop.line())
+        _tell_launcher(stop.line())
         return stop.exit_code
     except KeyboardInterrupt:
         print("mnist-sum: interrupted", file=sys.stderr)

@@ -136,8 +136,12 @@ def test_existing_run_folder_is_never_overwritten(one_process_run, capsys):
 def test_batch_size_that_does_not_split_is_refused(tmp_path):
     result = launch(["train.py", "--config", "configs/smoke.yaml", "train.global_batch_size=63",
                      f"run.dir={tmp_path / 'r'}"], num_processes=2)
+    line = "mnist-sum: error: train.global_batch_size=63 does not split over 2 processes (use a multiple of 2)"
     assert result.returncode != 0
-    assert "mnist-sum: error: train.global_batch_size=63 does not split over 2 processes" in result.stderr
+    assert line in result.stderr.splitlines()
+    # torchrun's failure report that follows names the line as the root cause, not "To enable traceback see ...".
+    root_cause = result.stderr.split("Root Cause (first observed failure):")[1]
+    assert f"traceback : {line}" in root_cause and "To enable traceback" not in result.stderr
 
 
 def test_accelerate_config_file_launches(tmp_path):
