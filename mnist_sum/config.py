@@ -169,6 +169,8 @@ class CheckpointConfig:
     """Checkpoint at the end of each epoch, after validation."""
     keep_last: int = 2
     """Keep the newest N whole checkpoints (at least 1)."""
+    wandb_artifacts: bool = False
+    """Also log each checkpoint to W&B as an artifact (type `checkpoint`, aliases `latest` and `step-N`)."""
 
     def __post_init__(self) -> None:
         _check(self.every_steps >= 0, f"checkpoint.every_steps must be >= 0, got {self.every_steps}", "0 turns it off")
@@ -197,6 +199,22 @@ class WandbConfig:
         _check(self.num_examples >= 0, f"wandb.num_examples must be >= 0, got {self.num_examples}", "e.g. 32")
 
 
+TRACKERS = ("wandb", "tensorboard", "mlflow", "aim", "comet_ml", "clearml", "dvclive", "swanlab", "trackio")
+
+
+@dataclass
+class TrackingConfig:
+    log_with: list[str] = field(default_factory=lambda: ["wandb"])
+    """Accelerate trackers the metrics go to besides metrics.jsonl, e.g. [wandb, tensorboard] (TensorBoard
+    writes into the run folder's tensorboard/). `wandb.mode=disabled` leaves W&B out."""
+
+    def __post_init__(self) -> None:
+        for name in self.log_with:
+            _check(name in TRACKERS, f"tracking.log_with: unknown tracker {name!r}", f"choose from {', '.join(TRACKERS)}")
+        _check(len(set(self.log_with)) == len(self.log_with), f"tracking.log_with names a tracker twice: {self.log_with}",
+               "name each once")
+
+
 @dataclass
 class RunConfig:
     name: str = ""
@@ -216,6 +234,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -224,6 +243,17 @@ class Config:
 
 # ---------------------------------------------------------------------------------------------
 # Building a Config from YAML and overrides, with type checks
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"optim": {"lr": 0.003}} -> {"optim.lr": 0.003}."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:

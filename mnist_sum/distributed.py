@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -11,7 +12,7 @@ from typing import Any, TypeVar
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, broadcast_object_list
+from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, ProjectConfiguration, broadcast_object_list
 
 from mnist_sum.config import Config
 from mnist_sum.cpu import keep_freed_memory, set_threads
@@ -20,18 +21,27 @@ from mnist_sum.errors import LaunchError, LostPeer, ProjectError, UsageError
 T = TypeVar("T")
 
 
-def make_accelerator(log_with: str | None = None, timeout_s: int = 300, cpu_threads: int = 0,
+def make_accelerator(log_with: list[str] | None = None, timeout_s: int = 300, cpu_threads: int = 0,
                      mixed_precision: str | None = None) -> Accelerator:
-    """The Accelerator every command uses. `mixed_precision` None: what `accelerate launch` set, else "no"."""
+    """The Accelerator every command uses. `mixed_precision` None: what `accelerate launch` set, else "no".
+    `log_with`: Accelerate tracker names; one that is not installed is an error (Accelerate would drop it)."""
     # split_batches: loaders yield *global* batches and each process takes its slice, so the number of
     # steps per epoch and the LR schedule are the same for any number of processes.
     world = int(os.environ.get("WORLD_SIZE", "1"))
     # `accelerate launch --multi_gpu` on a machine without GPUs would start independent single-process
     # runs; asking for the CPU makes them one data-parallel job over gloo instead.
     cpu = world > 1 and not torch.cuda.is_available()
-    accelerator = Accelerator(cpu=cpu, log_with=log_with, mixed_precision=mixed_precision,
+    # The logging folder (TensorBoard's) is the run folder's, set once that is known; Accelerate wants one now.
+    # A tracker that is not installed is reported below as one line; Accelerate's warning would only repeat it.
+    warnings.filterwarnings("ignore", message=r"`log_with=.*` was passed but no supported trackers", category=UserWarning)
+    accelerator = Accelerator(cpu=cpu, log_with=log_with or None, mixed_precision=mixed_precision,
+                              project_config=ProjectConfiguration(logging_dir="tensorboard"),
                               dataloader_config=DataLoaderConfiguration(split_batches=True),
                               kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))])
+    missing = [name for name in log_with or () if name not in {str(t) for t in accelerator.log_with}]
+    if missing:
+        raise UsageError(f"tracking.log_with lists {missing[0]}, which is not installed here",
+                         f"pip install {missing[0].replace('_', '-')}, or leave it out of tracking.log_with")
     if accelerator.num_processes != world:
         raise LaunchError(f"launched {world} processes but Accelerate formed a group of {accelerator.num_processes}",
                           "check the accelerate launch flags (--multi_gpu, --num_processes, --num_machines)")

@@ -7,18 +7,17 @@ import shutil
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import psutil
 
 from mnist_sum.checkpoint import find_latest, open_checkpoint
-from mnist_sum.config import Config
+from mnist_sum.config import Config, flatten
 from mnist_sum.errors import UsageError
 from mnist_sum.files import write_text
 from mnist_sum.state import LoopState
 
 # Keys that may differ between a checkpoint and the resumed run: none of them changes the weights.
-RESUMABLE_CHANGES = ("run.", "checkpoint.", "wandb.", "data.num_workers", "train.log_every")
+RESUMABLE_CHANGES = ("run.", "checkpoint.", "wandb.", "tracking.", "data.num_workers", "train.log_every")
 
 
 def elastic_restart() -> int:
@@ -45,18 +44,8 @@ def run_dir_for(cfg: Config, config_name: str) -> Path:
     return Path(cfg.run.dir or Path("runs") / name)
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _check_same_recipe(cfg: Config, state: LoopState, path: Path) -> None:
-    now, then = _flatten(cfg.to_dict()), _flatten(state.config)
+    now, then = flatten(cfg.to_dict()), flatten(state.config)
     changed = [k for k in sorted(now.keys() | then.keys())
                if now.get(k) != then.get(k) and not k.startswith(RESUMABLE_CHANGES)]
     if changed:

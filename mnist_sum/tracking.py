@@ -1,5 +1,5 @@
-"""Where metrics go: `metrics.jsonl` in the run folder (always) and Weights & Biases through Accelerate's
-trackers (unless disabled).
+"""Where metrics go: `metrics.jsonl` in the run folder (always) and Accelerate's trackers (`tracking.log_with`:
+Weights & Biases by default, TensorBoard and the others Accelerate knows on request).
 
 Only the main process writes; on other processes `Tracker` is a no-op, so the training loop never asks
 which process it is on before logging. W&B never prompts and never hangs: with no API key, or no route
@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 import torch
 from accelerate import Accelerator
 
-from mnist_sum.config import WandbConfig
+from mnist_sum.config import Config, WandbConfig, flatten
 from mnist_sum.errors import Stopped, UsageError
 from mnist_sum.scoring import Predictions, hits
 
@@ -76,6 +76,12 @@ def wandb_mode(cfg: WandbConfig) -> tuple[str, str]:
     return "online", "config"
 
 
+def tracker_names(cfg: Config) -> list[str]:
+    """The Accelerate trackers of a run: `tracking.log_with`, without W&B when it is disabled."""
+    wandb_off = cfg.wandb.mode == "disabled" or os.environ.get("WANDB_MODE", "").strip().lower() == "disabled"
+    return [name for name in cfg.tracking.log_with if not (name == "wandb" and wandb_off)]
+
+
 def offline_segments(sync_dir: Path, run_id: str) -> list[Path]:
     """Every offline folder of one W&B run, oldest first: a resumed offline run writes a new
     `offline-run-<start time>-<id>` folder beside the earlier ones (`sync_dir` is the newest). `wandb sync`
@@ -102,22 +108,36 @@ class Tracker:
         self.lines = len(path.read_text().splitlines()) if self.enabled and path.exists() else 0
         self._file = open(path, "a") if self.enabled else None  # noqa: SIM115 (closed in close())
 
-    def start_wandb(self, cfg: WandbConfig, config: dict[str, Any], run_name: str, run_id: str | None) -> str | None:
-        """Start (or, with the id of a checkpoint, continue) the W&B run; returns its id, or None when off."""
-        if not self.enabled or not self.accelerator.log_with:
+    def start(self, cfg: Config, config: dict[str, Any], run_name: str, run_id: str | None, step: int) -> str | None:
+        """Start the trackers; W&B continues the run `run_id` (a checkpoint's) if given, and a resumed run
+        (at `step` > 0) hides what TensorBoard holds past it. Returns the W&B run id, or None without W&B."""
+        names = [str(t) for t in self.accelerator.log_with] if self.enabled else []
+        if not names:
             return None
-        mode, why = wandb_mode(cfg)
-        if mode == "disabled":
-            return None
-
-        run_id = run_id or "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
-        kwargs = {"id": run_id, "resume": "allow", "name": cfg.name or run_name, "entity": cfg.entity or None,
-                  "tags": cfg.tags or None, "group": cfg.group or None, "dir": str(self.run_dir), "mode": mode}
+        init_kwargs: dict[str, dict[str, Any]] = {}
+        if "wandb" in names:
+            mode, why = wandb_mode(cfg.wandb)
+            run_id = run_id or "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+            init_kwargs["wandb"] = {"id": run_id, "resume": "allow", "name": cfg.wandb.name or run_name,
+                                    "entity": cfg.wandb.entity or None, "tags": cfg.wandb.tags or None,
+                                    "group": cfg.wandb.group or None, "dir": str(self.run_dir), "mode": mode}
+        if "tensorboard" in names:
+            # The events of a killed session past the checkpoint are hidden: the resumed run logs those steps again.
+            init_kwargs["tensorboard"] = {"purge_step": step + 1} if step else {}
+        self.accelerator.project_configuration.logging_dir = str(self.run_dir / "tensorboard")
         try:
-            self.accelerator.init_trackers(cfg.project, config=config, init_kwargs={"wandb": kwargs})
+            self.accelerator.init_trackers(cfg.wandb.project, init_kwargs=init_kwargs)
         except BaseException:
-            self.accelerator.trackers.clear()  # the half-started tracker would fail again in end_training
+            self.accelerator.trackers.clear()  # a half-started tracker would fail again in end_training
             raise
+        for tracker in self.accelerator.trackers:  # W&B keeps the config's tree; the others take flat scalars
+            tracker.store_init_configuration(config if tracker.name == "wandb" else _scalars(config))
+        if "wandb" not in names:
+            return None
+        self._start_wandb(mode, why)
+        return run_id
+
+    def _start_wandb(self, mode: str, why: str) -> None:
         self.wandb = self.accelerator.get_tracker("wandb", unwrap=True)
         for key in BEST_IS_MAX:
             self.wandb.define_metric(key, summary="max")
@@ -128,11 +148,11 @@ class Tracker:
         self._wandb_from_step = self.wandb.step if self.wandb.resumed else 0
         self._replay()
         if mode == "offline":
-            folders = " ".join(str(_relative(p)) for p in offline_segments(Path(self.wandb.settings.sync_dir), run_id))
-            print(f"mnist-sum: W&B is logging offline ({why}); upload later with: wandb sync {folders}", file=sys.stderr)
+            segments = offline_segments(Path(self.wandb.settings.sync_dir), self.wandb.id)
+            print(f"mnist-sum: W&B is logging offline ({why}); upload later with: wandb sync "
+                  f"{' '.join(str(_relative(p)) for p in segments)}", file=sys.stderr)
         else:
             print(f"mnist-sum: W&B run {self.wandb.url}", file=sys.stderr)
-        return run_id
 
     def _replay(self) -> None:
         """A resumed run logs its earlier metrics.jsonl lines (cut back to the checkpoint) to W&B again: a
@@ -146,17 +166,44 @@ class Tracker:
                 self.log_wandb(values, values.pop("step"))
 
     def log(self, values: dict[str, Any], step: int) -> None:
-        """One JSON line per call: {"step": N, key: value, ...}; flushed so a crash keeps every line written."""
+        """One JSON line per call: {"step": N, key: value, ...}, flushed so a crash keeps every line written;
+        the same values to every tracker."""
         if self._file is None:
             return
         self._file.write(json.dumps({"step": step, **values}) + "\n")
         self._file.flush()
         self.lines += 1
+        for tracker in self.accelerator.trackers:
+            if tracker.name != "wandb":
+                tracker.log(values, step=step)
         self.log_wandb(values, step)
 
     def log_wandb(self, values: dict[str, Any], step: int) -> None:
         if self.wandb is not None and step >= self._wandb_from_step:
-            self.accelerator.log(values, step=step)
+            self.wandb.log(values, step=step)
+
+    def log_model(self, test: dict[str, Any]) -> None:
+        """W&B: the final (best-val) weights, with config.yaml and results.json, as an artifact of type `model`
+        (aliases `best` and `latest`), its metadata the test metrics."""
+        if self.wandb is None:
+            return
+        import wandb  # here, not at the top: see wandb_examples
+
+        artifact = wandb.Artifact(f"model-{self.wandb.id}", type="model", metadata={f"test/{k}": v for k, v in test.items()})
+        for name in ("model.safetensors", "config.yaml", "results.json"):
+            artifact.add_file(str(self.run_dir / name))
+        self.wandb.log_artifact(artifact, aliases=["best", "latest"])
+
+    def log_checkpoint(self, folder: Path, step: int) -> None:
+        """W&B: a checkpoint folder as an artifact of type `checkpoint` (aliases `latest` and `step-N`). Its
+        files are copied into W&B's staging area at once, so pruning the folder later loses nothing."""
+        if self.wandb is None:
+            return
+        import wandb  # here, not at the top: see wandb_examples
+
+        artifact = wandb.Artifact(f"checkpoint-{self.wandb.id}", type="checkpoint", metadata={"step": step})
+        artifact.add_dir(str(folder))
+        self.wandb.log_artifact(artifact, aliases=["latest", f"step-{step}"])
 
     def log_examples(self, preds: Predictions, images: torch.Tensor, prefix: str, num_examples: int, step: int) -> None:
         """W&B only: a table of misclassified examples and both confusion matrices."""
@@ -181,6 +228,11 @@ class Tracker:
     def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
         # A requested stop is not a failure: the run continues on resume, in the same W&B run.
         self.close(failed=kind is not None and not issubclass(kind, Stopped))
+
+
+def _scalars(config: dict[str, Any]) -> dict[str, Any]:
+    """The config as flat `section.key` scalars (lists as text): what TensorBoard's hparams and most trackers take."""
+    return {k: v if isinstance(v, (bool, int, float, str)) or v is None else str(v) for k, v in flatten(config).items()}
 
 
 def wandb_examples(preds: Predictions, images: torch.Tensor, prefix: str, num_examples: int) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from mnist_sum.runs import open_run
 from mnist_sum.scoring import Predictions, gather_predictions, metrics
 from mnist_sum.state import LoopState
 from mnist_sum.step import StepOutput, TrainMetricsWindow, count_flops, make_optimizer, train_step
-from mnist_sum.tracking import Tracker
+from mnist_sum.tracking import Tracker, tracker_names
 
 
 def train(cfg: Config, config_name: str = "default", resume: str | None = None) -> dict[str, Any]:
@@ -46,8 +46,8 @@ def train(cfg: Config, config_name: str = "default", resume: str | None = None) 
     `resume`: None (a new run folder), "auto" (the newest whole checkpoint of the run folder, if any) or
     the path of a step_* folder. SIGTERM/SIGINT saves a checkpoint and raises `Stopped`."""
     started = time.perf_counter()
-    accelerator = make_accelerator(log_with=None if cfg.wandb.mode == "disabled" else "wandb",
-                                   timeout_s=cfg.train.dist_timeout_s, cpu_threads=cfg.train.cpu_threads)
+    accelerator = make_accelerator(log_with=tracker_names(cfg), timeout_s=cfg.train.dist_timeout_s,
+                                   cpu_threads=cfg.train.cpu_threads)
     with ExitStack() as on_exit:  # the one exit path: leaving it undoes the set-up in reverse order
         on_exit.enter_context(peers_watched(accelerator))  # outermost: a lost peer becomes one line after the clean-up
         on_exit.callback(accelerator.end_training)
@@ -99,8 +99,8 @@ class Trainer:
 
         self.tracker = on_exit.enter_context(Tracker(accelerator, self.run_dir))
         self.git = git_state()  # once: W&B and results.json record the same answer
-        self.state.wandb_run_id = self.tracker.start_wandb(cfg.wandb, cfg.to_dict() | {"git": self.git},
-                                                           self.run_dir.name, self.state.wandb_run_id)
+        self.state.wandb_run_id = self.tracker.start(cfg, cfg.to_dict() | {"git": self.git}, self.run_dir.name,
+                                                     self.state.wandb_run_id, self.state.step)
         self.stop = on_exit.enter_context(StopRequest(accelerator))
         self.policy = CheckpointPolicy(cfg.checkpoint, cfg.train.epochs, self.steps_per_epoch)
         self.window = TrainMetricsWindow(accelerator.device)
@@ -229,8 +229,11 @@ class Trainer:
             raise Diverged(f"the weights became NaN or infinite by step {self.state.step}; no checkpoint holds them",
                            self.state.step)
         self.state.metrics_lines, self.state.train_time_s = self.tracker.lines, self.train_time()
-        return save_checkpoint(self.accelerator, self.run_dir, self.state, self.best_weights,
-                               self.cfg.checkpoint.keep_last)
+        folder = save_checkpoint(self.accelerator, self.run_dir, self.state, self.best_weights,
+                                 self.cfg.checkpoint.keep_last)
+        if self.cfg.checkpoint.wandb_artifacts:
+            self.tracker.log_checkpoint(folder, self.state.step)
+        return folder
 
     def end_loop(self) -> None:
         """Training is over: its time is fixed, and a signal ends the run as usual (nothing left to checkpoint)."""
@@ -283,6 +286,7 @@ class Trainer:
         self.tracker.summary({k: results[k] for k in ("train_flops", "train_flops_per_s", "flops_per_sample")})
         if self.accelerator.is_main_process:
             write_json(run_dir / "results.json", results)
+            self.tracker.log_model(test)
         self.accelerator.print(
             f"test: digit {test['digit_acc']:.2%}  sum {test['sum_acc']:.2%}  joint {test['joint_acc']:.2%}  "
             f"exhaustive sum {test['exhaustive_sum_acc']:.2%}  ({test['num_samples']} images, "

@@ -22,9 +22,11 @@ def mnist():
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
-    """One finished smoke run (plain `python train.py`, one process, W&B offline), shared by the tests that read it."""
+    """One finished smoke run (plain `python train.py`, one process), shared by the tests that read it. It logs
+    to W&B (offline) and TensorBoard, and logs its checkpoint to W&B as an artifact, so those tests read it too."""
     run_dir = tmp_path_factory.mktemp("smoke") / "run"
-    result = run_python(["train.py", "--config", "configs/smoke.yaml", f"run.dir={run_dir}"])
+    result = run_python(["train.py", "--config", "configs/smoke.yaml", f"run.dir={run_dir}",
+                         "tracking.log_with=[wandb,tensorboard]", "checkpoint.wandb_artifacts=true"])
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir, result
 

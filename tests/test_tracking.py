@@ -8,7 +8,7 @@ import json
 import pytest
 from conftest import run_python
 from PIL import Image
-from wandb_records import config, history, summary
+from wandb_records import artifacts, config, history, summary
 
 
 def _wandb_file(run_dir):
@@ -44,6 +44,46 @@ def test_offline_wandb_run_holds_the_logged_metrics(smoke_run):
     assert final["train_flops"] == results["train_flops"] > 0 and final["train_flops_per_s"] == results["train_flops_per_s"]
     assert config(path)["optim"]["lr"] == 0.003
     assert config(path)["git"] == results["git"] and len(results["git"]["commit"]) == 40  # provenance in W&B too
+
+
+def test_final_weights_and_checkpoints_are_wandb_artifacts(smoke_run):
+    run_dir, _ = smoke_run
+    (path,) = _wandb_file(run_dir)
+    run_id = path.stem.removeprefix("run-")
+    logged = {a["type"]: a for a in artifacts(path)}
+    results = json.loads((run_dir / "results.json").read_text())
+    model = logged["model"]
+    assert model["name"] == f"model-{run_id}" and sorted(model["aliases"]) == ["best", "latest"]
+    assert model["files"] == ["config.yaml", "model.safetensors", "results.json"]
+    assert model["metadata"]["test/digit_acc"] == results["test"]["digit_acc"]
+    assert model["metadata"]["test/exhaustive_sum_acc"] == results["test"]["exhaustive_sum_acc"]
+    checkpoint = logged["checkpoint"]  # checkpoint.wandb_artifacts=true: the one epoch-end checkpoint
+    assert checkpoint["name"] == f"checkpoint-{run_id}" and sorted(checkpoint["aliases"]) == ["latest", "step-128"]
+    assert "meta.json" in checkpoint["files"] and "model.safetensors" in checkpoint["files"]
+    assert checkpoint["metadata"] == {"step": 128}
+
+
+def test_tensorboard_event_file_holds_the_logged_metrics(smoke_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, _ = smoke_run
+    (events,) = (run_dir / "tensorboard").glob("*/events.out.tfevents.*")
+    board = EventAccumulator(str(events.parent)).Reload()
+    local = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for key in ("train/loss", "val/digit_acc", "test/exhaustive_sum_acc"):
+        logged = [(x["step"], x[key]) for x in local if key in x]
+        assert [(e.step, e.value) for e in board.Scalars(key)] == [(s, pytest.approx(v)) for s, v in logged], key
+    assert len(logged) == 1 and len(board.Scalars("train/loss")) == 16
+
+
+def test_a_tracker_that_is_not_installed_is_one_line(capsys):
+    from conftest import ROOT, train_in_process
+
+    code, err = train_in_process(["--config", str(ROOT / "configs" / "smoke.yaml"), "tracking.log_with=[dvclive]"],
+                                 capsys)
+    assert code == 2
+    assert err.strip().splitlines() == ["mnist-sum: error: tracking.log_with lists dvclive, which is not installed here "
+                                        "(pip install dvclive, or leave it out of tracking.log_with)"]
 
 
 def test_without_api_key_or_mode_wandb_goes_offline_without_prompting(tmp_path):

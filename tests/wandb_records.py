@@ -65,3 +65,11 @@ def merged_history(files: list[Path]) -> list[dict]:
     for path in files:
         rows += [row for row in history(path) if not rows or row["_step"] > rows[-1]["_step"]]
     return rows
+
+
+def artifacts(path: Path) -> list[dict]:
+    """Each artifact the run logged: name, type, aliases, metadata and the paths of its files."""
+    return [{"name": r.artifact.name, "type": r.artifact.type, "aliases": list(r.artifact.aliases),
+             "metadata": json.loads(r.artifact.metadata or "{}"),
+             "files": sorted(entry.path for entry in r.artifact.manifest.contents)}
+            for r in read_records(path) if r.WhichOneof("record_type") == "artifact"]
