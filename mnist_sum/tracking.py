@@ -122,8 +122,9 @@ class Tracker:
                                     "entity": cfg.wandb.entity or None, "tags": cfg.wandb.tags or None,
                                     "group": cfg.wandb.group or None, "dir": str(self.run_dir), "mode": mode}
         if "tensorboard" in names:
-            # The events of a killed session past the checkpoint are hidden: the resumed run logs those steps again.
-            init_kwargs["tensorboard"] = {"purge_step": step + 1} if step else {}
+            # A resumed run hides the earlier sessions' events (a killed one may have logged past its checkpoint,
+            # or not have flushed its last events) and logs the whole log up to the checkpoint again (_replay).
+            init_kwargs["tensorboard"] = {"purge_step": 0} if step else {}
         self.accelerator.project_configuration.logging_dir = str(self.run_dir / "tensorboard")
         try:
             self.accelerator.init_trackers(cfg.wandb.project, init_kwargs=init_kwargs)
@@ -132,10 +133,10 @@ class Tracker:
             raise
         for tracker in self.accelerator.trackers:  # W&B keeps the config's tree; the others take flat scalars
             tracker.store_init_configuration(config if tracker.name == "wandb" else _scalars(config))
-        if "wandb" not in names:
-            return None
-        self._start_wandb(mode, why)
-        return run_id
+        if "wandb" in names:
+            self._start_wandb(mode, why)
+        self._replay()
+        return run_id if "wandb" in names else None
 
     def _start_wandb(self, mode: str, why: str) -> None:
         self.wandb = self.accelerator.get_tracker("wandb", unwrap=True)
@@ -146,7 +147,6 @@ class Tracker:
         # A resumed online run knows the last step its server holds; steps up to it were logged before the
         # interruption, with the same values (the resume is exact), and W&B would refuse them again.
         self._wandb_from_step = self.wandb.step if self.wandb.resumed else 0
-        self._replay()
         if mode == "offline":
             segments = offline_segments(Path(self.wandb.settings.sync_dir), self.wandb.id)
             print(f"mnist-sum: W&B is logging offline ({why}); upload later with: wandb sync "
@@ -155,15 +155,16 @@ class Tracker:
             print(f"mnist-sum: W&B run {self.wandb.url}", file=sys.stderr)
 
     def _replay(self) -> None:
-        """A resumed run logs its earlier metrics.jsonl lines (cut back to the checkpoint) to W&B again: a
-        session killed with SIGKILL loses the rows W&B had not yet written out, and the checkpoint may be newer
-        than them. W&B keeps the steps it lacks and drops the rest (online: the steps below the server's;
-        offline: `wandb sync` drops steps an earlier folder of the run already holds)."""
+        """A resumed run logs its earlier metrics.jsonl lines (cut back to the checkpoint) to the trackers again:
+        a session killed with SIGKILL loses what they had not yet written out, and the checkpoint may be newer
+        than that. W&B keeps the steps it lacks and drops the rest (online: the steps below the server's;
+        offline: `wandb sync` drops steps an earlier folder of the run already holds); TensorBoard hides the
+        earlier sessions' events (purge_step)."""
         self._file.flush()
         with open(self.run_dir / "metrics.jsonl") as lines:
             for line in lines:
                 values = json.loads(line)
-                self.log_wandb(values, values.pop("step"))
+                self._to_trackers(values, values.pop("step"))
 
     def log(self, values: dict[str, Any], step: int) -> None:
         """One JSON line per call: {"step": N, key: value, ...}, flushed so a crash keeps every line written;
@@ -173,6 +174,9 @@ class Tracker:
         self._file.write(json.dumps({"step": step, **values}) + "\n")
         self._file.flush()
         self.lines += 1
+        self._to_trackers(values, step)
+
+    def _to_trackers(self, values: dict[str, Any], step: int) -> None:
         for tracker in self.accelerator.trackers:
             if tracker.name != "wandb":
                 tracker.log(values, step=step)

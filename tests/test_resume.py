@@ -33,10 +33,11 @@ def _run(args: list[str], num_processes: int = 1) -> subprocess.CompletedProcess
                           timeout=600)
 
 
-def _interrupt(run_dir, sig: int, num_processes: int = 1, wait_for: str = "step_000064") -> subprocess.CompletedProcess:
+def _interrupt(run_dir, sig: int, num_processes: int = 1, wait_for: str = "step_000064",
+               extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """Start the recipe, wait until `wait_for` exists (128 steps an epoch: step_000064 is mid-epoch 1), then
     signal it."""
-    proc = subprocess.Popen([*_cmd(num_processes), *RECIPE, f"run.dir={run_dir}"], cwd=ROOT, env=child_env(),
+    proc = subprocess.Popen([*_cmd(num_processes), *RECIPE, f"run.dir={run_dir}", *extra], cwd=ROOT, env=child_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while not (run_dir / wait_for).exists():
@@ -100,7 +101,8 @@ def reference(tmp_path_factory):
 def test_sigkill_in_epoch_2_then_resume_is_byte_identical(reference, tmp_path):
     ref = reference(1)
     # Mid-epoch 2: a resume after the first epoch is where Accelerate < 1.15 went wrong (accelerate#4071).
-    killed = _interrupt(tmp_path / "run", signal.SIGKILL, wait_for="step_000160")
+    trackers = ("tracking.log_with=[wandb,tensorboard]",)  # no effect on the weights: the reference runs without
+    killed = _interrupt(tmp_path / "run", signal.SIGKILL, wait_for="step_000160", extra=trackers)
     assert killed.returncode == -signal.SIGKILL
     result = _resume(tmp_path / "run")
     assert "resuming from step_" in result.stdout
@@ -118,6 +120,13 @@ def test_sigkill_in_epoch_2_then_resume_is_byte_identical(reference, tmp_path):
     upload = result.stderr.split("upload later with: wandb sync ")[1].splitlines()[0].split()
     assert [Path(p).resolve() for p in upload] == [f.parent.resolve() for f in files]
     assert _wandb_rows(merged_history(files)) == _rows_by_step(_metrics(tmp_path / "run"))
+    # TensorBoard reads the two sessions' event files as one log: the train loss of every logged step, once.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (board,) = {p.parent for p in (tmp_path / "run" / "tensorboard").glob("*/events.out.tfevents.*")}
+    logged = [(x["step"], x["train/loss"]) for x in _metrics(tmp_path / "run") if "train/loss" in x]
+    assert [(e.step, e.value) for e in EventAccumulator(str(board)).Reload().Scalars("train/loss")] == [
+        (step, pytest.approx(loss)) for step, loss in logged]
 
 
 def test_sigterm_saves_a_checkpoint_and_resumes_byte_identical(reference, tmp_path):
