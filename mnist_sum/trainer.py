@@ -196,10 +196,12 @@ class Trainer:
         return logged
 
     def validate_and_select(self) -> None:
-        """Score the val split; keep these weights (in memory) if their val loss is the lowest so far.
+        """Score the val split; keep these weights (in memory) if both heads are right on at least as many val
+        samples as ever before (a tie goes to the later epoch, trained longer at a lower learning rate).
 
-        Selection is on val loss, the training objective: 5,000 val images hold only ~25 errors, so accuracy
-        moves in steps of 0.02% and ranks nearly equal epochs by chance; the loss is continuous."""
+        Selection is on accuracy, what the run is for, not on val loss: with label smoothing the net is
+        trained to be unsure, and its plain cross-entropy on val stops falling while its accuracy still
+        rises (measured: the lowest val loss at epoch 7 of 12, 99.48% against 99.60% at epoch 11)."""
         state, accelerator = self.state, self.accelerator
         average_buffers(self.model, accelerator)
         preds = gather_predictions(self.model, self.val_loader, accelerator)
@@ -207,7 +209,7 @@ class Trainer:
         self.tracker.log({f"val/{k}": v for k, v in val.items()}
                          | {"epoch": state.epoch + 1, "train/elapsed_s": self.train_time()}, state.step)
         self.tracker.log_examples(preds, self.val_set.images, "val", self.cfg.wandb.num_examples, state.step)
-        better = not state.best_val or val["loss"] < state.best_val["loss"]
+        better = not state.best_val or val["joint_acc"] >= state.best_val["joint_acc"]
         if better:
             state.best_val = {**val, "epoch": state.epoch + 1, "step": state.step}
             self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}

@@ -40,7 +40,8 @@ def test_offline_wandb_run_holds_the_logged_metrics(smoke_run):
     for key in ("digit_acc", "sum_acc", "joint_acc", "exhaustive_sum_acc", "sum_acc_given_digit"):
         assert final[f"test/{key}"] == pytest.approx(results["test"][key])
     assert final["val/joint_acc"] == {"max": pytest.approx(val[0]["val/joint_acc"])}  # define_metric
-    assert final["val/loss"] == {"min": pytest.approx(results["best_val"]["loss"])}  # the selected epoch
+    assert final["val/loss"] == {"min": pytest.approx(val[0]["val/loss"])}
+    assert results["best_val"]["joint_acc"] == val[0]["val/joint_acc"]  # the selected (only) epoch
     assert final["train_flops"] == results["train_flops"] > 0 and final["train_flops_per_s"] == results["train_flops_per_s"]
     assert config(path)["optim"]["lr"] == 0.003
     assert config(path)["git"] == results["git"] and len(results["git"]["commit"]) == 40  # provenance in W&B too
