@@ -78,9 +78,9 @@ class AugmentConfig:
 class ModelConfig:
     channels: list[int] = field(default_factory=lambda: [32, 64, 128])
     """Width of each conv stage; every stage halves the resolution (28 -> 14 -> 7 -> 3)."""
-    convs_per_stage: int = 2
+    convs_per_stage: int = 1
     """3x3 conv-BN-ReLU layers in each stage, before its 2x2 max pooling."""
-    fc_hidden: int = 0
+    fc_hidden: int = 256
     """0: global average pooling and one linear layer read the digit. N: the last feature map, flattened,
     feeds a fully connected layer of N units (cheap next to a convolution at full resolution)."""
     sum_hidden: int = 128
@@ -112,7 +112,7 @@ class OptimConfig:
     """LR schedule over all training steps: warm-up then cosine to zero (onecycle), cosine only, or flat."""
     warmup_fraction: float = 0.2
     """Share of steps spent warming up (onecycle only)."""
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.1
     """Label smoothing of both cross-entropies."""
     grad_clip: float = 0.0
     """Clip the global gradient norm to this value (0 = off)."""
@@ -131,7 +131,7 @@ class OptimConfig:
 class TrainConfig:
     seed: int = 0
     """Seeds weights, sample order and the random numbers; one seed, one run."""
-    epochs: int = 10
+    epochs: int = 12
     """Passes over the training images."""
     global_batch_size: int = 128
     """Samples per optimizer step over all processes; each process takes global / processes."""
