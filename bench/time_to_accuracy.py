@@ -15,6 +15,7 @@ import statistics
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 (after choosing the file-only backend)
@@ -53,6 +54,11 @@ def main() -> None:
     ax.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="99% accuracy")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):  # plain numbers on the log axes, not powers of ten
+        axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_yticks([0.3, 0.5, 1, 2, 5])
+    ax.set_xticks([5, 10, 20, 50, 100, 200, 500])
     ax.set_xlabel("training seconds (validation included)")
     ax.set_ylabel("val error, worse head (%)")
     ax.set_title(args.title)

@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import psutil
-
 from mnist_sum.checkpoint import find_latest, open_checkpoint
 from mnist_sum.config import Config, flatten
 from mnist_sum.errors import UsageError
@@ -32,6 +30,8 @@ def launch_time() -> datetime:
     restarts. (Global rank 0, which names the run, stays on the agent of machine rank 0: Accelerate's static
     rendezvous.)"""
     if "TORCHELASTIC_RESTART_COUNT" in os.environ:
+        import psutil  # here: only torchrun's workers need it, and bench/gpu_check.sh's bare image may lack it
+
         try:
             return datetime.fromtimestamp(psutil.Process(os.getppid()).create_time())
         except psutil.Error:
