@@ -71,7 +71,7 @@ def test_tensorboard_event_file_holds_the_logged_metrics(smoke_run):
     (events,) = (run_dir / "tensorboard").glob("*/events.out.tfevents.*")
     board = EventAccumulator(str(events.parent)).Reload()
     local = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    for key in ("train/loss", "val/digit_acc", "test/exhaustive_sum_acc"):
+    for key in ("train/loss", "val/digit_acc", "val/exhaustive_sum_acc", "test/exhaustive_sum_acc"):
         logged = [(x["step"], x[key]) for x in local if key in x]
         assert [(e.step, e.value) for e in board.Scalars(key)] == [(s, pytest.approx(v)) for s, v in logged], key
     assert len(logged) == 1 and len(board.Scalars("train/loss")) == 16

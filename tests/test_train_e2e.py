@@ -47,6 +47,8 @@ def test_two_process_run_writes_complete_results(two_process_run, mnist):
     assert phases["train"] == pytest.approx(results["train_time_s"], abs=0.02)  # not resumed: all of its training
     test = results["test"]
     assert test["num_samples"] == 10000 and test["num_exhaustive_pairs"] == 100000
+    val = results["best_val"]  # val is scored exhaustively too: each of its 1,000 images with every number
+    assert val["num_samples"] == 1000 and val["num_exhaustive_pairs"] == 10000 and 0 < val["exhaustive_sum_acc"] <= 1
     assert 0.3 < test["digit_acc"] <= 1.0  # the smoke run learns something, far from chance (0.1)
 
     preds = _read_csv(run_dir / "test_predictions.csv")
