@@ -31,6 +31,7 @@ def make_accelerator(log_with: list[str] | None = None, timeout_s: int = 300, cp
     # `accelerate launch --multi_gpu` on a machine without GPUs would start independent single-process
     # runs; asking for the CPU makes them one data-parallel job over gloo instead.
     cpu = world > 1 and not torch.cuda.is_available()
+    _group_of_this_attempt(timeout_s)
     # The logging folder (TensorBoard's) is the run folder's, set once that is known; Accelerate wants one now.
     # A tracker that is not installed is reported below as one line; Accelerate's warning would only repeat it.
     warnings.filterwarnings("ignore", message=r"`log_with=.*` was passed but no supported trackers", category=UserWarning)
@@ -49,6 +50,27 @@ def make_accelerator(log_with: list[str] | None = None, timeout_s: int = 300, cp
         set_threads(cpu_threads)
         keep_freed_memory()
     return accelerator
+
+
+def _group_of_this_attempt(timeout_s: int) -> None:
+    """After an elastic restart, form the process group under keys of this attempt only.
+
+    torchrun's static rendezvous (Accelerate's) keeps one agent store for every attempt, without a prefix per
+    attempt, so a restarted group can read the dead group's Gloo addresses from it and fail to connect
+    ("connectFullMesh failed ... Connection refused"; 2 restarts in 3 on the development machine). Accelerate
+    uses a process group that already exists."""
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
+    if not restart or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or torch.distributed.is_initialized():
+        return
+    timeout = timedelta(seconds=timeout_s)
+    agent_store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                                             timeout=timeout)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
+                                         store=torch.distributed.PrefixStore(f"mnist-sum/attempt_{restart}", agent_store),
+                                         rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]),
+                                         timeout=timeout)
 
 
 def lost_peer(err: BaseException) -> bool:
