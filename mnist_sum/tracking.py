@@ -109,8 +109,8 @@ class Tracker:
         self._file = open(path, "a") if self.enabled else None  # noqa: SIM115 (closed in close())
 
     def start(self, cfg: Config, config: dict[str, Any], run_name: str, run_id: str | None, step: int) -> str | None:
-        """Start the trackers; W&B continues the run `run_id` (a checkpoint's) if given, and a resumed run
-        (at `step` > 0) hides what TensorBoard holds past it. Returns the W&B run id, or None without W&B."""
+        """Start the trackers and, for a resumed run (at `step` > 0), replay its log to them. W&B continues the
+        run `run_id` (a checkpoint's) if given. Returns the W&B run id, or None without W&B."""
         names = [str(t) for t in self.accelerator.log_with] if self.enabled else []
         if not names:
             return None
