@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -21,6 +20,7 @@ from typing import NoReturn
 from mnist_sum.config import DEFAULT_CONFIG, PROJECT_ROOT, load_config
 from mnist_sum.errors import LostPeer, ProjectError, Stopped, UsageError
 from mnist_sum.files import write_json
+from mnist_sum.launcher import max_restarts, restart_count, tell_launcher
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -40,17 +40,6 @@ def _say(line: str, every_rank: bool = False) -> None:
         print(line, file=sys.stderr)
 
 
-def _tell_launcher(line: str) -> None:
-    """Under torchrun (`accelerate launch` with several processes), leave `line` where the launcher's failure
-    report looks for a worker's error: the file `torch.distributed.elastic...errors.record` writes for an
-    uncaught exception, in its format. The report then names the line as the root cause instead of pointing
-    to the docs on tracebacks."""
-    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
-    if path:
-        info = {"py_callstack": line, "timestamp": str(int(time.time()))}
-        write_json(Path(path), {"message": {"message": line, "extraInfo": info}})
-
-
 def run_command(command: Callable[[], object], debug: bool) -> int:
     """Run `command`; a ProjectError or a requested stop becomes one line on stderr and its exit code
     (a traceback instead with --debug)."""
@@ -61,11 +50,11 @@ def run_command(command: Callable[[], object], debug: bool) -> int:
             raise
         # Every process meets the same error and one line is enough; a lost peer is each process's own news.
         _say(err.line(), every_rank=isinstance(err, LostPeer))
-        _tell_launcher(err.line())
+        tell_launcher(err.line())
         return err.exit_code
     except Stopped as stop:
         _say(stop.line())
-        _tell_launcher(stop.line())
+        tell_launcher(stop.line())
         return stop.exit_code
     except KeyboardInterrupt:
         print("mnist-sum: interrupted", file=sys.stderr)
@@ -95,16 +84,16 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             # Without a name, each start would make a new timestamped folder: nothing would ever be resumed.
             raise UsageError("--resume auto needs to know which run to continue",
                              "name it: run.name=NAME for the folder runs/NAME, or run.dir=PATH; the same at every start")
-        from mnist_sum.runs import elastic_restart, run_dir_for  # after the config is read: see the module docstring
+        from mnist_sum.runs import run_dir_for  # after the config is read: see the module docstring
         from mnist_sum.trainer import train
 
         resume = args.resume
-        if elastic_restart() and resume is None:
+        if restart_count() and resume is None:
             # torchrun restarted the workers after one died: they continue their own run, which keeps its name
-            # (a timestamped one included: see runs.launch_time), from its newest whole checkpoint.
+            # (a timestamped one included: see launcher.launch_time), from its newest whole checkpoint.
             resume = "auto"
-            _say(f"mnist-sum: restart {elastic_restart()} of at most {os.environ.get('TORCHELASTIC_MAX_RESTARTS', '?')} "
-                 "by the launcher: continuing the run from its newest whole checkpoint")
+            _say(f"mnist-sum: restart {restart_count()} of at most {max_restarts()} by the launcher: continuing the run "
+                 "from its newest whole checkpoint")
         if resume and args.config is None:
             # Resuming without --config: the run's own resolved config is the base the overrides apply to.
             run_dir = run_dir_for(cfg, config_path.stem) if resume == "auto" else Path(resume).parent

@@ -17,6 +17,7 @@ from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, Pr
 from mnist_sum.config import Config
 from mnist_sum.cpu import keep_freed_memory, set_threads
 from mnist_sum.errors import LaunchError, LostPeer, ProjectError, UsageError
+from mnist_sum.launcher import restart_count
 
 T = TypeVar("T")
 
@@ -33,12 +34,12 @@ def make_accelerator(log_with: list[str] | None = None, timeout_s: int = 300, cp
     cpu = world > 1 and not torch.cuda.is_available()
     _group_of_this_attempt(timeout_s)
     # The logging folder (TensorBoard's) is the run folder's, set once that is known; Accelerate wants one now.
-    # A tracker that is not installed is reported below as one line; Accelerate's warning would only repeat it.
-    warnings.filterwarnings("ignore", message=r"`log_with=.*` was passed but no supported trackers", category=UserWarning)
-    accelerator = Accelerator(cpu=cpu, log_with=log_with or None, mixed_precision=mixed_precision,
-                              project_config=ProjectConfiguration(logging_dir="tensorboard"),
-                              dataloader_config=DataLoaderConfiguration(split_batches=True),
-                              kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))])
+    with warnings.catch_warnings():  # a tracker that is not installed is one line below; Accelerate's warning repeats it
+        warnings.filterwarnings("ignore", message=r"`log_with=.*` was passed but no supported trackers")
+        accelerator = Accelerator(cpu=cpu, log_with=log_with or None, mixed_precision=mixed_precision,
+                                  project_config=ProjectConfiguration(logging_dir="tensorboard"),
+                                  dataloader_config=DataLoaderConfiguration(split_batches=True),
+                                  kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))])
     missing = [name for name in log_with or () if name not in {str(t) for t in accelerator.log_with}]
     if missing:
         raise UsageError(f"tracking.log_with lists {missing[0]}, which is not installed here",
@@ -59,7 +60,7 @@ def _group_of_this_attempt(timeout_s: int) -> None:
     attempt, so a restarted group can read the dead group's Gloo addresses from it and fail to connect
     ("connectFullMesh failed ... Connection refused"; 2 restarts in 3 on the development machine). Accelerate
     uses a process group that already exists."""
-    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
+    restart = restart_count()
     if not restart or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or torch.distributed.is_initialized():
         return
     timeout = timedelta(seconds=timeout_s)

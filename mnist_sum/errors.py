@@ -7,9 +7,10 @@ error: a stop that was asked for (SIGTERM, Ctrl-C) and saved a checkpoint to res
 
 from __future__ import annotations
 
-import os
 import signal
 from pathlib import Path
+
+from mnist_sum.launcher import max_restarts, restart_count
 
 
 class ProjectError(Exception):
@@ -70,9 +71,8 @@ class LostPeer(ProjectError):
 
 
 def _how_to_continue() -> str:
-    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
-    if restarts < int(os.environ.get("TORCHELASTIC_MAX_RESTARTS") or 0):  # accelerate launch --max_restarts N
-        return f"the launcher restarts the workers from the newest checkpoint (restart {restarts + 1})"
+    if restart_count() < max_restarts():  # accelerate launch --max_restarts N
+        return f"the launcher restarts the workers from the newest checkpoint (restart {restart_count() + 1})"
     return "continue with --resume auto"
 
 

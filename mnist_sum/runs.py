@@ -2,41 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 from mnist_sum.checkpoint import find_latest, open_checkpoint
 from mnist_sum.config import Config, flatten
 from mnist_sum.errors import UsageError
 from mnist_sum.files import write_text
+from mnist_sum.launcher import launch_time
 from mnist_sum.state import LoopState
 
 # Keys that may differ between a checkpoint and the resumed run: none of them changes the weights.
 RESUMABLE_CHANGES = ("run.", "checkpoint.", "wandb.", "tracking.", "data.num_workers", "train.log_every")
-
-
-def elastic_restart() -> int:
-    """How many times torchrun's elastic agent (`accelerate launch --max_restarts N`) has restarted this worker
-    group: 0 on the first start and outside torchrun."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
-
-
-def launch_time() -> datetime:
-    """When the job was launched. Under torchrun that is the start of the elastic agent, the workers' parent,
-    which outlives every worker group it restarts: a run named by its start time keeps its folder through
-    restarts. (Global rank 0, which names the run, stays on the agent of machine rank 0: Accelerate's static
-    rendezvous.)"""
-    if "TORCHELASTIC_RESTART_COUNT" in os.environ:
-        import psutil  # here: only torchrun's workers need it, and bench/gpu_check.sh's bare image may lack it
-
-        try:
-            return datetime.fromtimestamp(psutil.Process(os.getppid()).create_time())
-        except psutil.Error:
-            pass  # the agent is gone or unreadable: the workers are on their own
-    return datetime.now()
 
 
 def run_dir_for(cfg: Config, config_name: str) -> Path:
