@@ -1,8 +1,12 @@
-"""The two-headed network: a conv trunk reads the digit; a small MLP adds the number to it.
+"""The two-headed network: a conv trunk reads the digit; a small head adds the number to it.
 
-The sum head sees only the digit *distribution* (softmax of the digit logits) and the one-hot
+The sum head sees only the digit *distribution* p (softmax of the digit logits) and the one-hot
 number, so it has to learn addition over digits rather than re-read the pixels; both heads train
-together through one loss, the mean of their cross-entropies.
+together through one loss, the mean of their cross-entropies. The default head is bilinear: one
+linear layer over the outer product of p and the one-hot number, i.e. for each number a learned
+linear map from p to the 19 sum logits. Addition is such a map (logit of s = p[s - n]), so the head
+can add exactly, ties included; an MLP over [p, one-hot] only approximates it, and did fail to add
+on a few val images whose digit it had read right (0.02-0.1% of them).
 """
 
 from __future__ import annotations
@@ -16,6 +20,12 @@ from mnist_sum.config import ModelConfig
 NUM_DIGITS = 10
 NUM_SUMS = 19  # 0 + 0 .. 9 + 9
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+# The bilinear head's input has one non-zero column (the number's), summing to 1, so each of its logits
+# moves by about one step size per Adam step: at the default's warm-up learning rates it took several
+# epochs to add (81-84% sum accuracy on val after epoch 1, digit 98.6%). Scaling its input by 10 is a 10x
+# learning rate for this layer alone: 98.5% sum after epoch 1, and the sum right on 99.9-100% of the val
+# images with the digit right from then on (val, two seeds of the default, three of quick).
+BILINEAR_INPUT_SCALE = 10.0
 
 
 def _stage(c_in: int, c_out: int, convs: int) -> nn.Sequential:
@@ -45,9 +55,13 @@ class SumNet(nn.Module):
         widths = [1, *cfg.channels]
         self.trunk = nn.Sequential(*(_stage(a, b, cfg.convs_per_stage) for a, b in zip(widths, widths[1:])))
         self.digit_head = _digit_head(cfg)
-        self.sum_head = nn.Sequential(
-            nn.Linear(2 * NUM_DIGITS, cfg.sum_hidden), nn.ReLU(inplace=True), nn.Linear(cfg.sum_hidden, NUM_SUMS)
-        )
+        self.bilinear_sum = cfg.sum_head == "bilinear"
+        if self.bilinear_sum:
+            self.sum_head = nn.Linear(NUM_DIGITS * NUM_DIGITS, NUM_SUMS)
+        else:
+            self.sum_head = nn.Sequential(
+                nn.Linear(2 * NUM_DIGITS, cfg.sum_hidden), nn.ReLU(inplace=True), nn.Linear(cfg.sum_hidden, NUM_SUMS)
+            )
         self.channels_last = cfg.channels_last
 
     def digit_logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -60,7 +74,12 @@ class SumNet(nn.Module):
     def sum_logits(self, digit_logits: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
         """(digit logits [B, 10], numbers [B] in 0..9) -> sum logits [B, 19]."""
         probs = digit_logits.float().softmax(dim=-1)
-        return self.sum_head(torch.cat([probs, F.one_hot(numbers, NUM_DIGITS).to(probs.dtype)], dim=-1))
+        one_hot = F.one_hot(numbers, NUM_DIGITS).to(probs.dtype)
+        if self.bilinear_sum:
+            # Row d, column n of the outer product holds p[d] if n is the number, else 0.
+            outer = probs.unsqueeze(2) * one_hot.unsqueeze(1)
+            return self.sum_head(outer.flatten(1) * BILINEAR_INPUT_SCALE)
+        return self.sum_head(torch.cat([probs, one_hot], dim=-1))
 
     def forward(self, images: torch.Tensor, numbers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         digits = self.digit_logits(images)

@@ -43,7 +43,9 @@ def load_weights(path: str | Path) -> SumNet:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
         tensors = load_file(str(path))
-        cfg = ModelConfig(**json.loads(metadata["model_config"]))
+        stored = json.loads(metadata["model_config"])
+        stored.setdefault("sum_head", "mlp")  # written before the bilinear head, when the MLP was the only one
+        cfg = ModelConfig(**stored)
     except (SafetensorError, OSError, KeyError, ValueError, TypeError) as err:
         raise UsageError(f"{path} is not a readable mnist-sum weights file ({type(err).__name__})",
                          "pass the model.safetensors of a finished run") from None

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from mnist_sum.config import ModelConfig
 from mnist_sum.errors import UsageError
-from mnist_sum.model import NUM_SUMS, build_model, sum_loss
+from mnist_sum.model import BILINEAR_INPUT_SCALE, NUM_SUMS, build_model, sum_loss
 from mnist_sum.outputs import load_weights, save_weights
 
 
@@ -49,10 +52,11 @@ def test_channels_last_changes_layout_not_results():
         assert torch.allclose(x, y, atol=1e-5)
 
 
-def test_sum_head_learns_addition_from_a_digit_distribution():
+@pytest.mark.parametrize("head", ["bilinear", "mlp"])
+def test_sum_head_learns_addition_from_a_digit_distribution(head):
     # Given confident digit logits, the sum head alone must learn all 100 (digit, number) sums.
     torch.manual_seed(0)
-    model = build_model(ModelConfig(channels=[4], sum_hidden=64))
+    model = build_model(ModelConfig(channels=[4], sum_head=head, sum_hidden=64))
     opt = torch.optim.Adam(model.sum_head.parameters(), lr=1e-2)
     digits, numbers = torch.arange(10).repeat_interleave(10), torch.arange(10).repeat(10)
     logits = F.one_hot(digits, 10).float() * 8
@@ -62,6 +66,39 @@ def test_sum_head_learns_addition_from_a_digit_distribution():
         loss.backward()
         opt.step()
     assert (model.sum_logits(logits, numbers).argmax(-1) == digits + numbers).all()
+
+
+def test_bilinear_sum_head_can_add_exactly():
+    # With the addition table as its weights (logit of s = p[s - n]), the head's answer is the digit head's
+    # answer plus the number for every distribution, near-ties included: nothing is left to approximate.
+    model = build_model(ModelConfig(channels=[4]))
+    table = torch.zeros(NUM_SUMS, 10, 10)
+    for d in range(10):
+        for n in range(10):
+            table[d + n, d, n] = 1 / BILINEAR_INPUT_SCALE
+    with torch.no_grad():
+        model.sum_head.weight.copy_(table.flatten(1))
+        model.sum_head.bias.zero_()
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(10_000, 10, generator=g)
+    top = logits.max(-1).values
+    logits[::2, 3], logits[::2, 7] = top[::2] + 1e-3, top[::2] + 2e-3  # near-ties: 7 wins by a hair
+    logits[1::4, 3] = top[1::4] + 3e-3
+    numbers = torch.randint(0, 10, (10_000,), generator=g)
+    assert torch.equal(model.sum_logits(logits, numbers).argmax(-1), logits.argmax(-1) + numbers)
+
+
+def test_weights_written_before_the_bilinear_head_load_as_mlp(tmp_path):
+    from safetensors.torch import save_file
+
+    cfg = ModelConfig(channels=[8], sum_head="mlp")
+    model = build_model(cfg).eval()
+    stored = asdict(cfg)
+    del stored["sum_head"]  # what files of older versions hold
+    save_file(dict(model.state_dict()), str(tmp_path / "old.safetensors"), metadata={"model_config": json.dumps(stored)})
+    loaded = load_weights(tmp_path / "old.safetensors")
+    images, _, numbers = _batch()
+    assert torch.equal(model(images, numbers)[1], loaded(images, numbers)[1])
 
 
 def test_saved_weights_rebuild_the_same_network(tmp_path):
