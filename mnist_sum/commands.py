@@ -98,7 +98,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             # Resuming without --config: the run's own resolved config is the base the overrides apply to.
             run_dir = run_dir_for(cfg, config_path.stem) if resume == "auto" else Path(resume).parent
             if (run_dir / "config.yaml").is_file():
-                cfg = load_config(run_dir / "config.yaml", args.overrides)
+                cfg = load_config(run_dir / "config.yaml", args.overrides, saved=True)
         train(cfg, config_name=config_path.stem, resume=resume)
 
     return run_command(train_command, args.debug)

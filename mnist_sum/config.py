@@ -8,6 +8,7 @@ line rather than a silently ignored setting.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -381,9 +382,31 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return loaded
 
 
-def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Defaults, then the YAML file (if any), then each `a.b=value` override, then validation."""
+# Keys added after runs were saved, with the value that reproduces what those runs did. A run's own record
+# of its config (its config.yaml, a checkpoint, a weights file) lists every key it knew, so a key it lacks
+# means "as before the key existed", not today's default; a user's YAML may leave out anything.
+FORMER_DEFAULTS = {"model.sum_head": "mlp"}
+
+
+def with_former_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A run's saved config tree, with the keys it predates set as they then were."""
+    tree = copy.deepcopy(saved)
+    for dotted, value in FORMER_DEFAULTS.items():
+        *sections, key = dotted.split(".")
+        node = tree
+        for section in sections:
+            node = node.setdefault(section, {}) if isinstance(node, dict) else None
+        if isinstance(node, dict):  # anything else is left for validation to refuse
+            node.setdefault(key, value)
+    return tree
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = (), saved: bool = False) -> Config:
+    """Defaults, then the YAML file (if any), then each `a.b=value` override, then validation.
+    `saved`: the file is a run's own config.yaml (see FORMER_DEFAULTS)."""
     tree: dict[str, Any] = read_yaml(path) if path is not None else {}
+    if saved:
+        tree = with_former_defaults(tree)
     for text in overrides:
         keys, value = parse_override(text)
         _set(tree, keys, value)

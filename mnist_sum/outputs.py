@@ -10,7 +10,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from mnist_sum.config import ModelConfig
+from mnist_sum.config import ModelConfig, with_former_defaults
 from mnist_sum.errors import UsageError
 from mnist_sum.files import atomic_write, write_text
 from mnist_sum.model import SumNet, build_model
@@ -43,9 +43,7 @@ def load_weights(path: str | Path) -> SumNet:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
         tensors = load_file(str(path))
-        stored = json.loads(metadata["model_config"])
-        stored.setdefault("sum_head", "mlp")  # written before the bilinear head, when the MLP was the only one
-        cfg = ModelConfig(**stored)
+        cfg = ModelConfig(**with_former_defaults({"model": json.loads(metadata["model_config"])})["model"])
     except (SafetensorError, OSError, KeyError, ValueError, TypeError) as err:
         raise UsageError(f"{path} is not a readable mnist-sum weights file ({type(err).__name__})",
                          "pass the model.safetensors of a finished run") from None

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mnist_sum.checkpoint import find_latest, open_checkpoint
-from mnist_sum.config import Config, flatten
+from mnist_sum.config import Config, flatten, with_former_defaults
 from mnist_sum.errors import UsageError
 from mnist_sum.files import write_text
 from mnist_sum.launcher import launch_time
@@ -23,7 +23,7 @@ def run_dir_for(cfg: Config, config_name: str) -> Path:
 
 
 def _check_same_recipe(cfg: Config, state: LoopState, path: Path) -> None:
-    now, then = flatten(cfg.to_dict()), flatten(state.config)
+    now, then = flatten(cfg.to_dict()), flatten(with_former_defaults(state.config))
     changed = [k for k in sorted(now.keys() | then.keys())
                if now.get(k) != then.get(k) and not k.startswith(RESUMABLE_CHANGES)]
     if changed:

@@ -8,6 +8,8 @@ from conftest import ROOT, run_python
 
 from mnist_sum.config import Config, load_config, parse_override
 from mnist_sum.errors import UsageError
+from mnist_sum.runs import _check_same_recipe
+from mnist_sum.state import LoopState
 
 
 def test_default_yaml_spells_out_the_dataclass_defaults():
@@ -105,6 +107,22 @@ def test_resolved_config_round_trips_through_yaml():
     flat = [f"{s}.{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
             for s, keys in tree.items() for k, v in keys.items()]
     assert load_config(None, flat) == cfg
+
+
+def test_a_saved_config_that_predates_a_key_keeps_its_former_meaning(tmp_path):
+    # A run's config.yaml and checkpoints list every key the code had; runs saved before the bilinear sum head
+    # trained the MLP, so resuming one must rebuild the MLP (a user's YAML without the key gets today's default).
+    old = load_config(None).to_dict()
+    del old["model"]["sum_head"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    assert load_config(tmp_path / "config.yaml", saved=True).model.sum_head == "mlp"
+    assert load_config(tmp_path / "config.yaml").model.sum_head == "bilinear"
+    assert load_config(tmp_path / "config.yaml", ["model.sum_head=bilinear"], saved=True).model.sum_head == "bilinear"
+
+    state = LoopState(config=old, config_name="default", world_size=1)
+    _check_same_recipe(load_config(None, ["model.sum_head=mlp"]), state, tmp_path / "step_000010")
+    with pytest.raises(UsageError, match=r"model.sum_head: 'mlp' -> 'bilinear'"):
+        _check_same_recipe(load_config(None), state, tmp_path / "step_000010")
 
 
 def test_cli_prints_one_line_and_exits_2(tmp_path):
