@@ -390,14 +390,10 @@ FORMER_DEFAULTS = {"model.sum_head": "mlp"}
 
 def with_former_defaults(saved: dict[str, Any]) -> dict[str, Any]:
     """A run's saved config tree, with the keys it predates set as they then were."""
-    tree = copy.deepcopy(saved)
+    tree, known = copy.deepcopy(saved), flatten(saved)
     for dotted, value in FORMER_DEFAULTS.items():
-        *sections, key = dotted.split(".")
-        node = tree
-        for section in sections:
-            node = node.setdefault(section, {}) if isinstance(node, dict) else None
-        if isinstance(node, dict):  # anything else is left for validation to refuse
-            node.setdefault(key, value)
+        if dotted not in known:
+            _set(tree, dotted.split("."), value)
     return tree
 
 

@@ -44,7 +44,7 @@ def load_weights(path: str | Path) -> SumNet:
             metadata = f.metadata() or {}
         tensors = load_file(str(path))
         cfg = ModelConfig(**with_former_defaults({"model": json.loads(metadata["model_config"])})["model"])
-    except (SafetensorError, OSError, KeyError, ValueError, TypeError) as err:
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError, UsageError) as err:
         raise UsageError(f"{path} is not a readable mnist-sum weights file ({type(err).__name__})",
                          "pass the model.safetensors of a finished run") from None
     model = build_model(cfg)
