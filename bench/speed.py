@@ -110,9 +110,9 @@ def accelerate_ab(config: str, precision: str, rounds: int = 20, steps: int = 20
     `train_step`, on the model, optimizer, LR schedule and data loader through `accelerator.prepare`.
     The mixed precision comes from the environment, as under `accelerate launch` (see `fresh`)."""
     from accelerate.utils import set_seed
+    from mnist_sum.distributed import make_accelerator
 
     from mnist_sum.data import make_datasets
-    from mnist_sum.distributed import make_accelerator
 
     accelerator = make_accelerator()  # train.py's: CPU threads and allocator too
     cfg = load_config(config)

@@ -45,15 +45,12 @@ class DataConfig:
     training seed are selected and scored on the same (image, number) pairs."""
     train_limit: int = 0
     """Train on only the first N training images (0 = all); for smoke tests."""
-    num_workers: int = 0
-    """DataLoader worker processes; 0 is fastest here because a batch is one tensor index."""
 
     def __post_init__(self) -> None:
         _check(self.val_size >= 1, f"data.val_size must be >= 1, got {self.val_size}", "e.g. data.val_size=5000")
         _check(self.val_size < 60000, f"data.val_size must be < 60000, got {self.val_size}",
                "the 60,000 training images are split into train and val")
         _check(self.train_limit >= 0, f"data.train_limit must be >= 0, got {self.train_limit}", "0 means all")
-        _check(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}", "e.g. 0")
 
 
 @dataclass
@@ -154,6 +151,10 @@ class TrainConfig:
     dist_timeout_s: int = 300
     """With several processes: give up on a collective (and end the job) after this many seconds, so a
     process that died or hangs takes the job down instead of leaving the others waiting forever."""
+    deterministic: bool = False
+    """Deterministic algorithms (torch.use_deterministic_algorithms, warning where an op has none; cuDNN
+    deterministic, no autotuning), so that a GPU run killed and resumed ends byte-identical. CPU runs are
+    deterministic without it; off by default because on a GPU it may cost speed (bench/gpu_check.sh measures)."""
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}", "e.g. train.epochs=3")
@@ -326,6 +327,8 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         full = f"{prefix}{key}"
+        if full in REMOVED_KEYS:
+            raise UsageError(f"config key {full!r} no longer exists: {REMOVED_KEYS[full]}", f"remove {full}")
         if key not in names:
             options = [f"{prefix}{n}" for n in names]
             close = difflib.get_close_matches(full, options, n=1)
@@ -388,12 +391,23 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 FORMER_DEFAULTS = {"model.sum_head": "mlp"}
 
 
+# Keys that no longer exist, and why: a run's own saved config may still hold them (they are dropped from it);
+# a user's YAML or override that names one is told why it went.
+REMOVED_KEYS = {
+    "data.num_workers": "batches are cut on the training device (mnist_sum/batches.py); there are no loader workers",
+}
+
+
 def with_former_defaults(saved: dict[str, Any]) -> dict[str, Any]:
-    """A run's saved config tree, with the keys it predates set as they then were."""
+    """A run's saved config tree, with the keys it predates set as they then were and removed keys dropped."""
     tree, known = copy.deepcopy(saved), flatten(saved)
     for dotted, value in FORMER_DEFAULTS.items():
         if dotted not in known:
             _set(tree, dotted.split("."), value)
+    for dotted in REMOVED_KEYS:
+        section, _, key = dotted.rpartition(".")
+        node = tree.get(section) if isinstance(tree.get(section), dict) else {}
+        node.pop(key, None)
     return tree
 
 

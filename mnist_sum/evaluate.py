@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from mnist_sum.accelerator import make_accelerator
+from mnist_sum.batches import EvalBatches
 from mnist_sum.config import load_config
-from mnist_sum.data import load_splits, make_datasets, make_loader
-from mnist_sum.distributed import make_accelerator
+from mnist_sum.data import load_splits, make_datasets
 from mnist_sum.outputs import load_weights, resolve_weights
 from mnist_sum.scoring import gather_predictions, metrics
 
@@ -19,15 +20,16 @@ def evaluate_weights(target: str, batch_size: int | None = None, mixed_precision
     weights, run_dir = resolve_weights(target)
     model = load_weights(weights)
     # The run's own config decides the data source and the (image, number) pairs; bare weights use the defaults.
-    cfg = load_config(run_dir / "config.yaml" if run_dir else None)
+    cfg = load_config(run_dir / "config.yaml" if run_dir else None, saved=run_dir is not None)
     if mixed_precision is None and run_dir and (run_dir / "results.json").is_file():
         mixed_precision = json.loads((run_dir / "results.json").read_text()).get("mixed_precision")
     accelerator = make_accelerator(mixed_precision=mixed_precision)
     _, val_set, test_set = make_datasets(cfg, load_splits(cfg))
-    dataset = val_set if split == "val" else test_set
-    loader = accelerator.prepare(make_loader(dataset, batch_size or cfg.train.eval_batch_size, seed=0, train=False))
+    dataset = (val_set if split == "val" else test_set).to(accelerator.device)
+    batches = EvalBatches(dataset, batch_size or cfg.train.eval_batch_size, accelerator.process_index,
+                          accelerator.num_processes)
     model = model.to(accelerator.device)
-    result = metrics(gather_predictions(model, loader, accelerator, exhaustive=True))
+    result = metrics(gather_predictions(model, batches, accelerator, exhaustive=True))
     return {"weights": str(weights), "mixed_precision": accelerator.mixed_precision, "split": split, split: result}
 
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_sum.config import ModelConfig
+from mnist_sum.layers import GlobalBatchNorm2d, KeyedDropout
 
 NUM_DIGITS = 10
 NUM_SUMS = 19  # 0 + 0 .. 9 + 9
@@ -32,7 +33,7 @@ def _stage(c_in: int, c_out: int, convs: int) -> nn.Sequential:
     """`convs` 3x3 conv-BN-ReLU layers, then halve the resolution."""
     layers: list[nn.Module] = []
     for i in range(convs):
-        layers += [nn.Conv2d(c_in if i == 0 else c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+        layers += [nn.Conv2d(c_in if i == 0 else c_out, c_out, 3, padding=1, bias=False), GlobalBatchNorm2d(c_out),
                    nn.ReLU(inplace=True)]
     return nn.Sequential(*layers, nn.MaxPool2d(2))
 
@@ -43,10 +44,10 @@ def _digit_head(cfg: ModelConfig) -> nn.Sequential:
     convolution at full resolution and carries most of the parameters."""
     width = cfg.channels[-1]
     if not cfg.fc_hidden:
-        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(width, NUM_DIGITS))
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), KeyedDropout(cfg.dropout), nn.Linear(width, NUM_DIGITS))
     side = 28 >> len(cfg.channels)  # each stage halves the resolution, rounding down
     return nn.Sequential(nn.Flatten(), nn.Linear(width * side * side, cfg.fc_hidden), nn.ReLU(inplace=True),
-                         nn.Dropout(cfg.dropout), nn.Linear(cfg.fc_hidden, NUM_DIGITS))
+                         KeyedDropout(cfg.dropout), nn.Linear(cfg.fc_hidden, NUM_DIGITS))
 
 
 class SumNet(nn.Module):
@@ -64,25 +65,31 @@ class SumNet(nn.Module):
             )
         self.channels_last = cfg.channels_last
 
-    def digit_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images [B, 28, 28] -> digit logits [B, 10]. Normalising here keeps the weights self-contained."""
+    def digit_logits(self, images: torch.Tensor, noise_key: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 images [B, 28, 28] -> digit logits [B, 10]. Normalising here keeps the weights self-contained.
+        `noise_key`: each sample's dropout key (training only; see layers.KeyedDropout)."""
         x = (images.unsqueeze(1).float() / 255.0 - MNIST_MEAN) / MNIST_STD
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.digit_head(self.trunk(x))
+        x = self.trunk(x)
+        for layer in self.digit_head:  # a Sequential, run by hand to hand the dropout its keys
+            x = layer(x, noise_key) if isinstance(layer, KeyedDropout) else layer(x)
+        return x
 
     def sum_logits(self, digit_logits: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
         """(digit logits [B, 10], numbers [B] in 0..9) -> sum logits [B, 19]."""
         probs = digit_logits.float().softmax(dim=-1)
-        one_hot = F.one_hot(numbers, NUM_DIGITS).to(probs.dtype)
+        # Not F.one_hot: on the CPU it checks its input's range, a host read every step.
+        one_hot = (numbers.unsqueeze(1) == torch.arange(NUM_DIGITS, device=numbers.device)).to(probs.dtype)
         if self.bilinear_sum:
             # Row d, column n of the outer product holds p[d] if n is the number, else 0.
             outer = probs.unsqueeze(2) * one_hot.unsqueeze(1)
             return self.sum_head(outer.flatten(1) * BILINEAR_INPUT_SCALE)
         return self.sum_head(torch.cat([probs, one_hot], dim=-1))
 
-    def forward(self, images: torch.Tensor, numbers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        digits = self.digit_logits(images)
+    def forward(self, images: torch.Tensor, numbers: torch.Tensor,
+                noise_key: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        digits = self.digit_logits(images, noise_key)
         return digits, self.sum_logits(digits, numbers)
 
 

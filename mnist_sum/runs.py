@@ -14,7 +14,7 @@ from mnist_sum.launcher import launch_time
 from mnist_sum.state import LoopState
 
 # Keys that may differ between a checkpoint and the resumed run: none of them changes the weights.
-RESUMABLE_CHANGES = ("run.", "checkpoint.", "wandb.", "tracking.", "data.num_workers", "train.log_every")
+RESUMABLE_CHANGES = ("run.", "checkpoint.", "wandb.", "tracking.", "train.log_every")
 
 
 def run_dir_for(cfg: Config, config_name: str) -> Path:

@@ -1,15 +1,16 @@
 """Scoring: per-sample predictions gathered over processes, and the metrics computed from them.
 
 Every metric is computed from gathered per-sample predictions, so each sample counts exactly once however
-many processes there are (`gather_for_metrics` drops the padding Accelerate adds to the last batch).
+many processes there are: each scores its own part of the split (`batches.EvalBatches`), and the gather cuts
+the padding that makes the parts the same length for the collective.
 """
 
 from __future__ import annotations
 
 import torch
 from accelerate import Accelerator
-from torch.utils.data import DataLoader
 
+from mnist_sum.batches import EvalBatches
 from mnist_sum.model import NUM_DIGITS, SumNet, sum_loss
 
 Predictions = dict[str, torch.Tensor]
@@ -24,9 +25,9 @@ def hits(labels: torch.Tensor, numbers: torch.Tensor, pred_digit: torch.Tensor,
 
 
 @torch.no_grad()
-def gather_predictions(model: SumNet, loader: DataLoader, accelerator: Accelerator,
+def gather_predictions(model: SumNet, batches: EvalBatches, accelerator: Accelerator,
                        exhaustive: bool = False) -> Predictions:
-    """The predictions of `model` on every sample of the loader's split, gathered from all processes.
+    """The predictions of `model` on every sample of the split, gathered from all processes, in index order.
 
     With `exhaustive`, also `exhaustive_correct`: for how many of the numbers 0..9 the predicted sum of
     (image, number) is right. The trunk runs once per image; only the small sum head runs ten times.
@@ -34,13 +35,13 @@ def gather_predictions(model: SumNet, loader: DataLoader, accelerator: Accelerat
     was_training = model.training
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {}
-    for batch in loader:
+    for batch in batches:
         with accelerator.autocast():
             digit_logits = model.digit_logits(batch["image"])
             sum_logits = model.sum_logits(digit_logits, batch["number"])
         _, digit_ce, sum_ce = sum_loss(digit_logits, sum_logits, batch["label"], batch["number"], reduction="none")
         columns = {
-            "index": batch["index"].to(digit_logits.device),
+            "index": batch["index"],
             "label": batch["label"],
             "number": batch["number"],
             "pred_digit": digit_logits.argmax(-1),
@@ -56,10 +57,29 @@ def gather_predictions(model: SumNet, loader: DataLoader, accelerator: Accelerat
                     pred = model.sum_logits(digit_logits, numbers).argmax(-1)
                 correct += (pred == batch["label"] + n).long()
             columns["exhaustive_correct"] = correct
-        for key, value in accelerator.gather_for_metrics(columns).items():
-            parts.setdefault(key, []).append(value.cpu())
+        for key, value in columns.items():
+            parts.setdefault(key, []).append(value)
     model.train(was_training)
-    return {key: torch.cat(chunks) for key, chunks in parts.items()}
+    if not parts:  # this process's part of the split is empty (more processes than samples)
+        parts = {key: [torch.zeros(0, dtype=dtype, device=accelerator.device)] for key, dtype in _COLUMN_TYPES.items()
+                 if exhaustive or key != "exhaustive_correct"}
+    return {key: gather_parts(torch.cat(chunks), batches.sizes, accelerator).cpu() for key, chunks in parts.items()}
+
+
+_COLUMN_TYPES = {"index": torch.int64, "label": torch.int64, "number": torch.int64, "pred_digit": torch.int64,
+                 "pred_sum": torch.int64, "digit_loss": torch.float32, "sum_loss": torch.float32,
+                 "exhaustive_correct": torch.int64}
+
+
+def gather_parts(part: torch.Tensor, sizes: list[int], accelerator: Accelerator) -> torch.Tensor:
+    """Every process's `part` (of length sizes[rank]), concatenated in rank order. The collective needs tensors of
+    one length, so each is padded to the longest and the padding cut again."""
+    if accelerator.num_processes == 1:
+        return part
+    longest = max(sizes)
+    padded = torch.cat([part, part.new_zeros(longest - len(part), *part.shape[1:])])
+    gathered = accelerator.gather(padded).view(len(sizes), longest, *part.shape[1:])
+    return torch.cat([gathered[rank, :size] for rank, size in enumerate(sizes)])
 
 
 def metrics(preds: Predictions) -> dict[str, float | int]:

@@ -43,6 +43,8 @@ class LoopState:
     """Lines of metrics.jsonl when the state was saved; a resume cuts later ones (it logs them again)."""
     flops_per_sample: float = 0.0
     """FLOPs of the model's forward and backward per training sample, counted on the run's first step."""
+    skipped_steps: int = 0
+    """Optimizer steps the fp16 grad scaler skipped (inf/NaN gradients), over every session of the run."""
 
     def write(self, folder: Path, files: dict[str, str]) -> None:
         """Write `folder/meta.json`: these fields and `files` (name -> SHA-256 of each other file)."""

@@ -1,14 +1,19 @@
-"""Counter-based random streams: every random draw the data makes is a hash of named integers.
+"""Counter-based random streams: every random draw of training is a hash of named integers.
 
-A sample's number, its augmentation warp and each epoch's sample order are `splitmix64` hashes of a key
-(seed, stream id, epoch, ...) and the sample index, so they depend on nothing else: not world size, workers,
-batch size, shuffle order or a resume. `STREAM_IDS` names every stream in one place. Its values are part of
-every published figure: changing one changes the pairs, warps or order each run sees (tests pin them).
+A sample's number, its augmentation warp, its dropout masks and each epoch's sample order are `splitmix64`
+hashes of a key (seed, stream id, epoch) and the sample index, so they depend on nothing else: not world
+size, workers, batch size, shuffle order or a resume. `STREAM_IDS` names every stream in one place. Its
+values are part of every published figure: changing one changes the pairs, warps or order each run sees
+(tests pin them).
+
+The hash runs in torch on the training device (int64 arithmetic wraps like uint64; shifts are made logical
+by masking), so drawing a batch's randomness never sends data to or from the host. Keys are Python ints,
+made on the host once per epoch.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import torch
 
 STREAM_IDS = {
     "order": 0,  # the train permutation of each epoch: key (train.seed, order, epoch)
@@ -18,27 +23,66 @@ STREAM_IDS = {
     #                a stream apart from val's numbers although the id is the same
     "test": 3,  # the numbers paired with test samples: key (data.split_seed, test, 0)
     "augment": 7,  # each train sample's affine warp: key (train.seed, augment, epoch)
+    "dropout": 8,  # each train sample's dropout masks: key (train.seed, dropout, epoch)
 }
 _MASK = (1 << 64) - 1
+_GOLDEN, _MIX1, _MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
 
 
-def splitmix64(x: np.ndarray) -> np.ndarray:
-    """The splitmix64 finaliser on uint64 arrays (wrapping arithmetic is the point)."""
-    with np.errstate(over="ignore"):
-        x = x + np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
+def _signed(value: int) -> int:
+    """A 64-bit pattern as the int64 that holds the same bits."""
+    value &= _MASK
+    return value - (1 << 64) if value >> 63 else value
+
+
+def _shr(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 bit patterns (torch's >> is arithmetic)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def splitmix64(x: torch.Tensor) -> torch.Tensor:
+    """The splitmix64 finaliser on int64 tensors holding uint64 bit patterns (wrapping arithmetic is the point)."""
+    x = x + _signed(_GOLDEN)
+    x = (x ^ _shr(x, 30)) * _signed(_MIX1)
+    x = (x ^ _shr(x, 27)) * _signed(_MIX2)
+    return x ^ _shr(x, 31)
+
+
+def _splitmix64_int(x: int) -> int:
+    x = (x + _GOLDEN) & _MASK
+    x = ((x ^ (x >> 30)) * _MIX1) & _MASK
+    x = ((x ^ (x >> 27)) * _MIX2) & _MASK
+    return x ^ (x >> 31)
 
 
 def stream_key(*parts: int) -> int:
-    """Hash a tuple of ints (seed, stream id, epoch, ...) into one 64-bit key."""
-    key = np.zeros(1, dtype=np.uint64)
+    """Hash a tuple of ints (seed, stream id, epoch, ...) into one 64-bit key (0 <= key < 2**64)."""
+    key = 0
     for part in parts:
-        key = splitmix64(key ^ np.uint64(part & _MASK))
-    return int(key[0])
+        key = _splitmix64_int(key ^ (part & _MASK))
+    return key
 
 
 def generator_seed(*parts: int) -> int:
     """A `torch.Generator` seed (63 bits) from a stream key, for draws torch makes (permutations)."""
     return stream_key(*parts) & ((1 << 63) - 1)
+
+
+def hashed(key: int, counter: torch.Tensor) -> torch.Tensor:
+    """64 random bits (as int64) for each counter value (int64, any device): splitmix64(counter ^ key)."""
+    return splitmix64(counter ^ _signed(key))
+
+
+def digits(key: int, index: torch.Tensor) -> torch.Tensor:
+    """One number 0..9 per index: the unsigned 64-bit hash mod 10 (its bias of 2**64 mod 10 is about 1e-19)."""
+    bits = hashed(key, index)
+    high, low = _shr(bits, 32), bits & 0xFFFFFFFF  # unsigned = high * 2**32 + low, both non-negative
+    return (high % 10 * 6 + low % 10) % 10  # 2**32 mod 10 = 6
+
+
+def uniforms(key: int, index: torch.Tensor, count: int) -> torch.Tensor:
+    """[len(index), count] float32 in [-1, 1), a pure function of (key, index): 53 random bits each, exact in
+    float64 before the rounding to float32."""
+    counter = index.long().unsqueeze(1) * count + torch.arange(count, device=index.device)
+    bits = _shr(hashed(key, counter), 11)
+    return (bits.double() / 2.0**52 - 1.0).float()

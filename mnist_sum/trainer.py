@@ -24,20 +24,27 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
+from mnist_sum.accelerator import make_accelerator, use_deterministic_algorithms
+from mnist_sum.batches import EvalBatches, TrainBatches
 from mnist_sum.checkpoint import CheckpointPolicy, load_best, save_checkpoint
 from mnist_sum.config import PROJECT_ROOT, Config
-from mnist_sum.data import load_splits, make_datasets, make_loader, set_epoch
-from mnist_sum.distributed import StopRequest, average_buffers, check_world, main_decides, make_accelerator, peers_watched
+from mnist_sum.data import load_splits, make_datasets
 from mnist_sum.errors import Diverged, Stopped, UsageError
 from mnist_sum.files import write_json, write_text
+from mnist_sum.flops import count_flops
 from mnist_sum.model import build_model
 from mnist_sum.outputs import save_predictions, save_weights
+from mnist_sum.peers import peers_watched
 from mnist_sum.plots import write_plots
+from mnist_sum.ranks import check_world, main_decides, same_buffers
 from mnist_sum.runs import open_run
+from mnist_sum.schedule import make_optimizer
 from mnist_sum.scoring import Predictions, gather_predictions, metrics
+from mnist_sum.signals import StopRequest
 from mnist_sum.state import LoopState
-from mnist_sum.step import StepOutput, TrainMetricsWindow, count_flops, make_optimizer, train_step
+from mnist_sum.step import StepOutput, train_step
 from mnist_sum.tracking import Tracker, tracker_names
+from mnist_sum.window import TrainMetricsWindow
 
 
 def train(cfg: Config, config_name: str = "default", resume: str | None = None) -> dict[str, Any]:
@@ -72,6 +79,8 @@ class Trainer:
         self.cfg, self.accelerator = cfg, accelerator
         self.clock = {"start": started}  # perf_counter() at the start of each phase of this session
         check_world(cfg, accelerator.num_processes)
+        if cfg.train.deterministic:
+            use_deterministic_algorithms()
         self._load_data()
 
         set_seed(cfg.train.seed)  # the same initial weights on every process
@@ -89,9 +98,8 @@ class Trainer:
             write_text(self.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
         # `ddp_model` is what the steps train: the same network, wrapped for data parallelism when there
-        # are several processes.
-        self.ddp_model, self.optimizer, self.train_loader, self.val_loader, self.test_loader, self.scheduler = (
-            accelerator.prepare(self.model, optimizer, self.train_loader, self.val_loader, self.test_loader, scheduler))
+        # are several processes. The data is not prepared: mnist_sum.batches divides it (and says why).
+        self.ddp_model, self.optimizer, self.scheduler = accelerator.prepare(self.model, optimizer, scheduler)
         self.model = accelerator.unwrap_model(self.ddp_model)
         if cfg.train.compile:  # the steps run the compiled module; checkpoints and evaluation the plain one
             self.ddp_model = torch.compile(self.ddp_model)
@@ -113,25 +121,20 @@ class Trainer:
         self.clock["train"] = time.perf_counter()
 
     def _load_data(self) -> None:
-        """The three splits, decoded once on the main process first (it may download or build a cache)."""
+        """The three splits, decoded once on the main process first (it may download or build a cache), then kept
+        on the training device (MNIST is 55 MB), and each process's part of them."""
         cfg, accelerator = self.cfg, self.accelerator
         with accelerator.main_process_first():
             splits = load_splits(cfg)
-        self.train_set, self.val_set, self.test_set = make_datasets(cfg, splits)
-        if accelerator.device.type != "cpu" and cfg.data.num_workers == 0:  # workers could not share device tensors
-            for dataset in (self.train_set, self.val_set, self.test_set):
-                dataset.to(accelerator.device)
-        self.steps_per_epoch = len(self.train_set) // cfg.train.global_batch_size
+        self.train_set, self.val_set, self.test_set = (d.to(accelerator.device) for d in make_datasets(cfg, splits))
+        rank, world = accelerator.process_index, accelerator.num_processes
+        self.train_batches = TrainBatches(self.train_set, cfg.train.global_batch_size, cfg.train.seed, rank, world)
+        self.steps_per_epoch = len(self.train_batches)
         if self.steps_per_epoch == 0:
             raise UsageError(f"{len(self.train_set)} training images make no batch of {cfg.train.global_batch_size}",
                              "lower train.global_batch_size or raise data.train_limit")
-        workers, seed = cfg.data.num_workers, cfg.train.seed
-        self.train_loader = make_loader(self.train_set, cfg.train.global_batch_size, seed=seed, train=True,
-                                        num_workers=workers)
-        self.val_loader = make_loader(self.val_set, cfg.train.eval_batch_size, seed=seed, train=False,
-                                      num_workers=workers)
-        self.test_loader = make_loader(self.test_set, cfg.train.eval_batch_size, seed=seed, train=False,
-                                       num_workers=workers)
+        self.val_batches = EvalBatches(self.val_set, cfg.train.eval_batch_size, rank, world)
+        self.test_batches = EvalBatches(self.test_set, cfg.train.eval_batch_size, rank, world)
 
     def _resume(self, checkpoint: Path | None, state: LoopState | None,
                 config_name: str) -> tuple[LoopState, dict[str, torch.Tensor]]:
@@ -143,9 +146,9 @@ class Trainer:
         self.accelerator.load_state(str(checkpoint))  # model, optimizer, schedule, grad scaler, this process's RNG
         if state.world_size != world:
             self.accelerator.print(
-                f"mnist-sum: note: the checkpoint was written by {state.world_size} process(es); the global batches "
-                "continue in the same order, but dropout draws differ, so the result is not bit-identical to an "
-                "uninterrupted run")
+                f"mnist-sum: note: the checkpoint was written by {state.world_size} process(es); the run continues "
+                "with the same global batches and the same function, but sums are reduced in another order, so it "
+                "matches an uninterrupted run up to float rounding, not bit for bit")
         state.config, state.world_size = self.cfg.to_dict(), world  # as the next checkpoint will record them
         return state, load_best(checkpoint)
 
@@ -154,24 +157,28 @@ class Trainer:
         return self._time_before + time.perf_counter() - self.clock["train"]
 
     def train_epoch(self) -> None:
-        """Train the current epoch's remaining steps; a stop request checkpoints and raises `Stopped`."""
+        """Train the current epoch's remaining steps; a stop request checkpoints and raises `Stopped`.
+
+        Between log steps nothing is read back from the device: the window sums the metrics there, and the stop
+        request (a collective and a host read) is asked only when a line is logged, every `train.log_every` steps
+        and at the epoch's end."""
         cfg, state = self.cfg, self.state
-        set_epoch(self.train_loader, state.epoch)
+        self.train_batches.set_epoch(state.epoch)
         self.ddp_model.train()
         self.window = TrainMetricsWindow(self.accelerator.device)
         # A resumed epoch skips the batches already trained on; the order itself is a function of (seed, epoch).
-        batches = (self.accelerator.skip_first_batches(self.train_loader, state.batches_done) if state.batches_done
-                   else self.train_loader)
+        batches = self.train_batches.batches(start=state.batches_done)
         with tqdm(batches, desc=f"epoch {state.epoch + 1}/{cfg.train.epochs}", leave=False, initial=state.batches_done,
                   total=self.steps_per_epoch, disable=not self.accelerator.is_main_process) as bar:
             for batch in bar:
                 out = self._train_step(batch)
                 state.step += 1
                 state.batches_done += 1
-                self.window.add(out, batch, state.step)
+                self.window.add(out, state.step, batch["label"], batch["number"])
+                stop = False
                 if state.step % cfg.train.log_every == 0 or state.batches_done == self.steps_per_epoch:
                     bar.set_postfix(loss=f"{self._log_train_window()['train/loss']:.4f}")
-                stop = self.stop.agreed()
+                    stop = self.stop.agreed()
                 if self.policy.after_step(state, stop_requested=stop):
                     checkpoint = self.save_checkpoint()
                 if stop:
@@ -180,8 +187,7 @@ class Trainer:
     def _train_step(self, batch: dict[str, torch.Tensor]) -> StepOutput:
         """`train_step`; the run's first step also counts the model's FLOPs per sample."""
         def step() -> StepOutput:
-            return train_step(self.ddp_model, batch, self.optimizer, self.scheduler, self.accelerator, self.cfg,
-                              self.state.epoch)
+            return train_step(self.ddp_model, batch, self.optimizer, self.scheduler, self.accelerator, self.cfg)
 
         if self.state.flops_per_sample:
             return step()
@@ -192,6 +198,7 @@ class Trainer:
     def _log_train_window(self) -> dict[str, float]:
         logged = self.window.flush(self.accelerator, self.scheduler.get_last_lr()[0],
                                    self.state.step / self.steps_per_epoch)
+        self.state.skipped_steps += logged.get("train/skipped_steps", 0)
         self.tracker.log(logged, self.state.step)
         return logged
 
@@ -203,10 +210,10 @@ class Trainer:
         trained to be unsure, and its plain cross-entropy on val stops falling while its accuracy still
         rises (measured: the lowest val loss at epoch 7 of 12, 99.48% against 99.60% at epoch 11)."""
         state, accelerator = self.state, self.accelerator
-        average_buffers(self.model, accelerator)
+        same_buffers(self.model, accelerator)
         # Exhaustive too (each val image with every number; the sum head only, ten times): val's own measure of
         # whether the net adds, which 5,000 (image, number) pairs alone hardly test.
-        preds = gather_predictions(self.model, self.val_loader, accelerator, exhaustive=True)
+        preds = gather_predictions(self.model, self.val_batches, accelerator, exhaustive=True)
         val = metrics(preds)
         self.tracker.log({f"val/{k}": v for k, v in val.items()}
                          | {"epoch": state.epoch + 1, "train/elapsed_s": self.train_time()}, state.step)
@@ -248,7 +255,7 @@ class Trainer:
     def test(self) -> tuple[dict[str, Any], Predictions]:
         """Score the test split, once, on the selected (best-val) weights."""
         self.model.load_state_dict(self.best_weights)
-        preds = gather_predictions(self.model, self.test_loader, self.accelerator, exhaustive=True)
+        preds = gather_predictions(self.model, self.test_batches, self.accelerator, exhaustive=True)
         test = metrics(preds)
         self.tracker.log({f"test/{k}": v for k, v in test.items()}, self.state.step)
         self.tracker.summary({f"test/{k}": v for k, v in test.items()})
@@ -278,6 +285,7 @@ class Trainer:
             "flops_per_sample": state.flops_per_sample,
             "train_flops": train_flops,
             "train_flops_per_s": train_flops / state.train_time_s,
+            "skipped_steps": state.skipped_steps,
             "wall_time_s": round(now - self.clock["start"], 2),
             # This session's phases: what a run costs besides training (process start-up comes before them).
             "phases_s": {"setup": round(self.clock["train"] - self.clock["start"], 2),

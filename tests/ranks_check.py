@@ -9,21 +9,24 @@ import time
 
 import torch
 
-from mnist_sum.distributed import StopRequest, average_buffers, main_decides, make_accelerator
+from mnist_sum.accelerator import make_accelerator
 from mnist_sum.errors import Diverged, UsageError
-from mnist_sum.step import StepOutput, TrainMetricsWindow
+from mnist_sum.ranks import main_decides, same_buffers
+from mnist_sum.signals import StopRequest
+from mnist_sum.step import StepOutput
+from mnist_sum.window import TrainMetricsWindow
 
 out = sys.argv[1]
 accelerator = make_accelerator()
 rank = accelerator.process_index
 seen = {"world_size": accelerator.num_processes}
 
-# BatchNorm statistics differ per rank (each normalises its own slice); averaging gives every rank the mean.
+# Buffers that a rounding may leave apart on different ranks: every rank evaluates with rank 0's.
 bn = torch.nn.BatchNorm1d(3)
 bn.running_mean.fill_(2.0 * rank)
 bn.running_var.fill_(1.0 + rank)
 bn.num_batches_tracked.fill_(10 + rank)
-average_buffers(bn, accelerator)
+same_buffers(bn, accelerator)
 seen["bn"] = [bn.running_mean.tolist(), bn.running_var.tolist(), int(bn.num_batches_tracked)]
 
 # Only rank 1 gets a real SIGTERM; both ranks agree to stop at the same step.
@@ -53,14 +56,13 @@ except UsageError as err:
 labels, numbers = torch.tensor([1, 2]), torch.tensor([3, 3])
 digits = torch.eye(10)[[1, 2 if rank == 0 else 0]]  # rank 0 reads both digits, rank 1 one of two
 window = TrainMetricsWindow(accelerator.device)
-window.add(StepOutput(digits, torch.eye(19)[[4, 5]], torch.tensor(1.0 + rank), torch.tensor(1.0)), {"label": labels,
-           "number": numbers}, 1)
+window.add(StepOutput(digits, torch.eye(19)[[4, 5]], torch.full((2,), 1.0 + rank), torch.ones(2)), 1, labels, numbers)
 seen["window"] = window.flush(accelerator, lr=0.1, epoch=0.5)
 # ... and a loss that went NaN at step 5 on rank 1 and at step 7 on rank 0 stops both, naming step 5.
 for step in range(2, 9):
     bad = (rank == 1 and step == 5) or (rank == 0 and step == 7)
     loss = torch.tensor(float("nan") if bad else 1.0)
-    window.add(StepOutput(digits, torch.eye(19)[[4, 5]], loss, loss), {"label": labels, "number": numbers}, step)
+    window.add(StepOutput(digits, torch.eye(19)[[4, 5]], loss.expand(2), loss.expand(2)), step, labels, numbers)
 try:
     window.flush(accelerator, lr=0.1, epoch=1.0)
 except Diverged as err:

@@ -33,7 +33,7 @@ def trained_run(tmp_path_factory):
     env = child_env() | {"ACCELERATE_MIXED_PRECISION": "bf16"}
     result = subprocess.run([sys.executable, "train.py", "--config", "configs/smoke.yaml", "data.train_limit=24000",
                              "model.channels=[16,32]", "model.sum_hidden=128", "augment.enabled=false", "train.epochs=2",
-                             "train.global_batch_size=128",
+                             "optim.lr=0.003", "train.global_batch_size=128",
                              "wandb.mode=disabled", f"run.dir={run_dir}"], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]

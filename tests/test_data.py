@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT, run_python
+from torch.utils.data import DataLoader, RandomSampler
 
-from mnist_sum.augment import uniforms
+from mnist_sum.batches import EvalBatches, TrainBatches, shard, shard_sizes
 from mnist_sum.config import load_config
-from mnist_sum.data import EpochSampler, SumDataset, load_splits, make_loader, pair_numbers, set_epoch, split_train_val
+from mnist_sum.data import SumDataset, load_splits, pair_numbers, split_train_val
 from mnist_sum.errors import UsageError
 from mnist_sum.sources import load_hf, load_idx
+from mnist_sum.streams import STREAM_IDS, splitmix64, stream_key, uniforms
 
 
 def test_bundled_idx_files_are_the_original_mnist(mnist):
@@ -99,37 +101,49 @@ PINNED_TEST_NUMBERS = [4, 3, 1, 4, 1, 8, 7, 2, 0, 5, 9, 6]
 def test_every_random_stream_is_pinned(mnist):
     # The stream ids (mnist_sum.streams.STREAM_IDS) decide the order, the warps and the val hold-out of every run:
     # values computed before the ids were gathered into one table, so moving them changed nothing.
-    sampler = EpochSampler(1000, seed=0, shuffle=True)
-    sampler.set_epoch(1)
-    assert list(sampler)[:8] == [704, 380, 407, 396, 951, 76, 838, 261]
-    assert uniforms(0, 1, torch.tensor([0, 5]), 5).flatten().tolist() == pytest.approx(
+    images, labels = mnist["test"]
+    batches = TrainBatches(SumDataset(images[:1000], labels[:1000], "train", 0), 8, seed=0)
+    batches.set_epoch(1)
+    assert next(batches.batches())["index"].tolist() == [704, 380, 407, 396, 951, 76, 838, 261]
+    assert uniforms(stream_key(0, STREAM_IDS["augment"], 1), torch.tensor([0, 5]), 5).flatten().tolist() == pytest.approx(
         [-0.346363, 0.803338, 0.535495, 0.450379, 0.113207, 0.827994, -0.067534, -0.900513, -0.229601, 0.455903], abs=1e-6)
     images, labels = mnist["train"]
     val_images = split_train_val(images, labels, 5000, split_seed=0)["val"][0]
     assert torch.equal(val_images[:8], images[[11, 36, 39, 50, 58, 60, 89, 90]])
 
 
-def _pairs(loader, epoch):
-    set_epoch(loader, epoch)
-    return [(b["index"].clone(), b["number"].clone()) for b in loader]
+def _keep(batch):
+    return batch
 
 
-def _mapping(batches):
-    index = torch.cat([i for i, _ in batches])
-    number = torch.cat([n for _, n in batches])
-    return dict(zip(index.tolist(), number.tolist()))
+def _train_mapping(dataset, epoch, global_batch_size, world):
+    """{index: (number, dropout key, warp)} of one epoch, as `world` processes would see it, every rank's slice."""
+    seen = {}
+    for rank in range(world):
+        batches = TrainBatches(dataset, global_batch_size, seed=7, rank=rank, world=world)
+        batches.set_epoch(epoch)
+        for b in batches.batches():
+            for i, n, k, w in zip(b["index"].tolist(), b["number"].tolist(), b["noise_key"].tolist(), b["warp"].tolist()):
+                seen[i] = (n, k, w)
+    return seen
 
 
 @pytest.mark.parametrize("epoch", [0, 2])
-def test_numbers_do_not_depend_on_workers_or_batch_size(mnist, epoch):
+def test_per_sample_draws_do_not_depend_on_processes_workers_or_batch_size(mnist, epoch):
     images, labels = mnist["test"]
     ds = SumDataset(images[:3000], labels[:3000], "train", seed=7)
-    reference = _mapping(_pairs(make_loader(ds, 100, seed=7, train=True, num_workers=0), epoch))
+    reference = _train_mapping(ds, epoch, 100, world=1)
     assert len(reference) == 3000
-    for batch_size, workers in [(100, 2), (64, 0), (256, 2), (1, 0)]:
-        got = _mapping(_pairs(make_loader(ds, batch_size, seed=7, train=True, num_workers=workers), epoch))
-        assert all(reference[i] == n for i, n in got.items()), (batch_size, workers)
-        assert len(got) >= 3000 - batch_size  # drop_last drops at most one partial batch
+    for global_batch_size, world in [(64, 3), (256, 2), (100, 7), (1, 1)]:
+        got = _train_mapping(ds, epoch, global_batch_size, world)
+        assert all(reference[i] == v for i, v in got.items()), (global_batch_size, world)
+        assert len(got) >= 3000 - global_batch_size  # the last partial global batch sits out
+    # The dataset itself under a torch DataLoader, in worker processes and any order: the same numbers.
+    ds.set_epoch(epoch)
+    for workers in (0, 2):
+        loader = DataLoader(ds, batch_size=128, sampler=RandomSampler(ds), collate_fn=_keep, num_workers=workers)
+        pairs = {i: n for b in loader for i, n in zip(b["index"].tolist(), b["number"].tolist())}
+        assert len(pairs) == 3000 and all(reference[i][0] == n for i, n in pairs.items()), workers
 
 
 def test_train_numbers_change_per_epoch_but_eval_pairs_never_do(mnist):
@@ -144,15 +158,33 @@ def test_train_numbers_change_per_epoch_but_eval_pairs_never_do(mnist):
     assert torch.equal(test.__getitems__(idx)["number"], first_test)
 
 
-def test_loader_order_is_a_seeded_permutation_per_epoch(mnist):
+def test_train_order_is_a_seeded_permutation_per_epoch_and_eval_keeps_every_sample(mnist):
     images, labels = mnist["test"]
     ds = SumDataset(images[:1000], labels[:1000], "train", seed=0)
-    order = lambda loader, e: torch.cat([i for i, _ in _pairs(loader, e)]).tolist()  # noqa: E731
-    loader = make_loader(ds, 100, seed=0, train=True, num_workers=0)
-    e0, e0_again, e1 = order(loader, 0), order(loader, 0), order(loader, 1)
+    batches = TrainBatches(ds, 100, seed=0)
+
+    def order(epoch):
+        batches.set_epoch(epoch)
+        return torch.cat([b["index"] for b in batches.batches()]).tolist()
+
+    e0, e1, e0_again = order(0), order(1), order(0)
     assert e0 == e0_again and e0 != e1 and sorted(e0) == list(range(1000))
-    eval_loader = make_loader(ds, 300, seed=0, train=False, num_workers=0)
-    assert order(eval_loader, 0) == list(range(1000))  # eval keeps every sample, in order, last batch included
+    batches.set_epoch(0)
+    assert torch.cat([b["index"] for b in batches.batches(start=4)]).tolist() == e0[400:]  # a resumed epoch
+    for world in (1, 3, 7):  # every sample once, in index order, over all ranks, last partial batch included
+        parts = [EvalBatches(ds, 300, rank, world) for rank in range(world)]
+        assert torch.cat([b["index"] for p in parts for b in p]).tolist() == list(range(1000))
+        assert [sum(len(b["index"]) for b in p) for p in parts] == parts[0].sizes
+        assert all(len(b["index"]) <= -(-300 // world) for p in parts for b in p)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 5, 6, 7, 16, 64])
+def test_shards_cover_everything_once_and_differ_by_at_most_one(world):
+    for n in (1, 63, 64, 128, 1000, 10000):
+        sizes = shard_sizes(n, world)
+        assert sum(sizes) == n and max(sizes) - min(sizes) <= 1
+        starts = [shard(n, world, r)[0] for r in range(world)]
+        assert starts == [sum(sizes[:r]) for r in range(world)]  # contiguous, in rank order
 
 
 def test_a_batch_is_one_index_operation(mnist):
@@ -231,7 +263,22 @@ def test_hub_name_unreachable_offline_is_one_clear_error(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_numbers_hash_is_stable_numpy_arithmetic():
-    # The hash must not depend on numpy's overflow warnings or platform integer width.
-    a = pair_numbers(2**40, "train", 10**6, np.array([0, 2**31, 2**40]))
-    assert a.dtype == torch.int64 and a.shape == (3,)
+def _reference_splitmix64(x: np.ndarray) -> np.ndarray:
+    """The finaliser in numpy's uint64 arithmetic: an independent reference for the torch one (int64 bits)."""
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def test_the_torch_hash_is_uint64_splitmix64_bit_for_bit():
+    values = np.array([0, 1, 2**31, 2**40, 2**63 - 1, 2**63, 2**64 - 1], dtype=np.uint64)
+    values = np.concatenate([values, np.random.default_rng(0).integers(0, 2**64, 10000, dtype=np.uint64)])
+    got = splitmix64(torch.from_numpy(values.view(np.int64))).numpy().view(np.uint64)
+    assert np.array_equal(got, _reference_splitmix64(values))
+    # The number mod 10 of the unsigned value, also for hashes with the top bit set (negative as int64).
+    key = stream_key(2**40, STREAM_IDS["train"], 10**6)
+    index = np.array([0, 2**31, 2**40], dtype=np.uint64)
+    expected = _reference_splitmix64(index ^ np.uint64(key)) % np.uint64(10)
+    assert pair_numbers(2**40, "train", 10**6, torch.from_numpy(index.view(np.int64))).tolist() == expected.tolist()

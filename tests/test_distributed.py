@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, child_env, descendants, free_port, launch_cmd
+from conftest import ROOT, child_env, descendants, free_port, launch, launch_cmd
 
 SMOKE = ["train.py", "--config", "configs/smoke.yaml"]
 
@@ -44,18 +44,40 @@ def test_two_machines_rendezvous_and_write_one_result(tmp_path):
     assert [p.name for p in run_dir.glob("step_*")] == ["step_000128"] and not list(run_dir.glob(".*tmp*"))
 
 
-def test_one_and_two_processes_follow_the_same_loss_curve(smoke_run, two_process_run):
-    # Same global batches in the same order (tests/test_train_e2e.py checks that); what differs is the
-    # reduction order, BatchNorm statistics (per process: 32 samples instead of 64) and dropout draws.
-    # Measured on the smoke run: at most 1.1% apart per 8-step window, val loss 0.13% apart.
-    one = [json.loads(x) for x in _lines(smoke_run[0] / "metrics.jsonl")]
-    two = [json.loads(x) for x in _lines(two_process_run[0] / "metrics.jsonl")]
-    pairs = [(a, b) for a, b in zip(one, two) if "train/loss" in a]
+def _loss_gaps(one_dir, other_dir) -> list[float]:
+    """Relative gap of train/loss at every logged step (the same steps in both runs)."""
+    one = [json.loads(x) for x in _lines(one_dir / "metrics.jsonl")]
+    other = [json.loads(x) for x in _lines(other_dir / "metrics.jsonl")]
+    pairs = [(a, b) for a, b in zip(one, other) if "train/loss" in a]
     assert [a["step"] for a, _ in pairs] == [b["step"] for _, b in pairs] == list(range(8, 129, 8))
-    for a, b in pairs:
-        assert b["train/loss"] == pytest.approx(a["train/loss"], rel=0.03), a["step"]
-    val_one, val_two = (next(x for x in run if "val/loss" in x) for run in (one, two))
-    assert val_two["val/loss"] == pytest.approx(val_one["val/loss"], rel=0.01)
+    return [abs(b["train/loss"] / a["train/loss"] - 1) for a, b in pairs]
+
+
+def test_one_and_two_processes_train_the_same_function(smoke_run, two_process_run):
+    # Same global batches, numbers, warps and dropout masks (tests/test_train_e2e.py), BatchNorm over the global
+    # batch and the loss weighted to the global mean: what is left is float rounding (reduction order). Measured:
+    # at most 0.05% apart; 1 against 2 threads in one process (rounding alone) is as far. Plain BatchNorm, each
+    # process normalising its own 32 samples, was 0.25% apart on this recipe.
+    assert max(_loss_gaps(smoke_run[0], two_process_run[0])) < 0.002
+
+
+@pytest.mark.slow
+def test_four_processes_train_the_same_function(smoke_run, tmp_path):
+    result = launch([*SMOKE, f"run.dir={tmp_path / 'four'}", "wandb.mode=disabled"], num_processes=4)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert max(_loss_gaps(smoke_run[0], tmp_path / "four")) < 0.002
+
+
+@pytest.mark.slow
+def test_sixteen_processes_start_and_train_with_the_readme_batch_sizes(tmp_path):
+    # The README's two-machine command: 16 processes, global batch 128 (8 each), eval batch 1000 (63 each).
+    run_dir = tmp_path / "sixteen"
+    result = launch([*SMOKE, "train.global_batch_size=128", "train.eval_batch_size=1000", "data.train_limit=512",
+                     "train.log_every=2", f"run.dir={run_dir}", "wandb.mode=disabled"], num_processes=16, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["world_size"] == 16 and results["steps"] == 4
+    assert results["test"]["num_samples"] == 10000 and results["best_val"]["num_samples"] == 1000
 
 
 def _worker(launcher_pid: int, rank: int) -> int:

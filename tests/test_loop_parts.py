@@ -19,13 +19,16 @@ import wandb
 from conftest import launch
 from wandb_records import read_records
 
+from mnist_sum.accelerator import make_accelerator
 from mnist_sum.checkpoint import CheckpointPolicy, _sha256, check_checkpoint, find_latest
 from mnist_sum.config import CheckpointConfig, OptimConfig, load_config
-from mnist_sum.distributed import StopRequest, make_accelerator
 from mnist_sum.errors import DamagedCheckpoint, Diverged, LaunchError, LostPeer, ProjectError, Stopped, UsageError
+from mnist_sum.schedule import lr_factor, make_optimizer
+from mnist_sum.signals import StopRequest
 from mnist_sum.state import META, LoopState
-from mnist_sum.step import StepOutput, TrainMetricsWindow, lr_factor, make_optimizer
+from mnist_sum.step import StepOutput
 from mnist_sum.trainer import train
+from mnist_sum.window import TrainMetricsWindow
 
 
 @pytest.fixture(scope="module")
@@ -71,34 +74,48 @@ def test_constant_schedule_and_the_optimizer_follow_the_config():
 # ---- the train metrics window
 
 
-def _step_output(digit_ce: float, sum_ce: float, digit_logits: torch.Tensor, sum_logits: torch.Tensor) -> StepOutput:
-    return StepOutput(digit_logits, sum_logits, torch.tensor(digit_ce), torch.tensor(sum_ce))
+def _step_output(digit_ce: float, sum_ce: float, digit_logits: torch.Tensor, sum_logits: torch.Tensor,
+                 skipped: bool | None = None) -> StepOutput:
+    n = len(digit_logits)  # per-sample losses, as train_step returns them
+    return StepOutput(digit_logits, sum_logits, torch.full((n,), digit_ce), torch.full((n,), sum_ce),
+                      None if skipped is None else torch.tensor(skipped))
 
 
 def _batch(labels, numbers):
-    return {"label": torch.tensor(labels), "number": torch.tensor(numbers)}
+    return torch.tensor(labels), torch.tensor(numbers)
 
 
 def test_window_averages_over_samples_and_starts_empty_again(accelerator):
     window = TrainMetricsWindow(accelerator.device)
     digits = torch.eye(10)[[1, 2]] * 5  # predicts 1, 2
     sums = torch.eye(19)[[4, 8]] * 5  # predicts 4, 8
-    window.add(_step_output(1.0, 3.0, digits, sums), _batch([1, 7], [3, 2]), step=1)  # digits 1/2 right, sums 1/2
-    window.add(_step_output(0.5, 0.5, digits[:1], sums[:1]), _batch([1], [3]), step=2)  # both right
+    window.add(_step_output(1.0, 3.0, digits, sums), 1, *_batch([1, 7], [3, 2]))  # digits 1/2 right, sums 1/2
+    window.add(_step_output(0.5, 0.5, digits[:1], sums[:1]), 2, *_batch([1], [3]))  # both right
     logged = window.flush(accelerator, lr=0.25, epoch=0.5)
     assert logged["train/digit_loss"] == pytest.approx((2 * 1.0 + 0.5) / 3)  # weighted by batch size
     assert logged["train/sum_loss"] == pytest.approx((2 * 3.0 + 0.5) / 3)
     assert logged["train/loss"] == pytest.approx((logged["train/digit_loss"] + logged["train/sum_loss"]) / 2)
     assert logged["train/digit_acc"] == pytest.approx(2 / 3) and logged["train/sum_acc"] == pytest.approx(2 / 3)
     assert logged["train/lr"] == 0.25 and logged["epoch"] == 0.5 and logged["train/samples_per_s"] > 0
+    assert "train/skipped_steps" not in logged  # no grad scaler, nothing to skip
     assert not window.pending and window.sums.abs().sum() == 0
+
+
+def test_window_counts_the_steps_an_fp16_grad_scaler_skipped(accelerator):
+    window = TrainMetricsWindow(accelerator.device)
+    logits = torch.zeros(1, 10), torch.zeros(1, 19)
+    for step, skipped in enumerate([True, True, False, True, False], start=1):
+        window.add(_step_output(1.0, 1.0, *logits, skipped=skipped), step, *_batch([0], [0]))
+    assert window.flush(accelerator, lr=0.1, epoch=0.0)["train/skipped_steps"] == 3  # a skipped step is no divergence
+    window.add(_step_output(1.0, 1.0, *logits, skipped=False), 6, *_batch([0], [0]))
+    assert window.flush(accelerator, lr=0.1, epoch=0.0)["train/skipped_steps"] == 0  # counted per window
 
 
 def test_window_names_the_first_step_whose_loss_was_not_finite(accelerator):
     window = TrainMetricsWindow(accelerator.device)
     logits = torch.zeros(1, 10), torch.zeros(1, 19)
     for step, loss in [(1, 1.0), (2, 1.0), (3, float("nan")), (4, float("inf")), (5, 1.0)]:
-        window.add(_step_output(loss, 1.0, *logits), _batch([0], [0]), step)
+        window.add(_step_output(loss, 1.0, *logits), step, *_batch([0], [0]))
     with pytest.raises(Diverged) as info:
         window.flush(accelerator, lr=0.1, epoch=0.0)
     assert info.value.step == 3
@@ -244,13 +261,13 @@ def test_a_failing_run_closes_its_tracker_restores_signals_and_ends_in_one_error
 # ---- agreement between ranks, on a real 2-process gloo group
 
 
-def test_ranks_agree_on_stop_decisions_batchnorm_statistics_and_train_metrics(tmp_path):
+def test_ranks_agree_on_stop_decisions_buffers_and_train_metrics(tmp_path):
     result = launch(["tests/ranks_check.py", str(tmp_path / "seen")], num_processes=2, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     seen = [json.loads((tmp_path / f"seen.{rank}.json").read_text()) for rank in (0, 1)]
     assert [s["world_size"] for s in seen] == [2, 2]
     for s in seen:
-        assert s["bn"] == [[1.0] * 3, [1.5] * 3, s["bn"][2]]  # float statistics averaged; the step count untouched
+        assert s["bn"] == [[0.0] * 3, [1.0] * 3, 10]  # every rank gets rank 0's buffers
         assert not s["stop_before_signal"] and s["stop_after_signal"]  # rank 1's signal stops both
         assert s["decided"] == {"decided_by": 0}
         assert s["error"] == ["UsageError", "mnist-sum: error: run folder 'x' already exists (choose another)"]
@@ -259,4 +276,3 @@ def test_ranks_agree_on_stop_decisions_batchnorm_statistics_and_train_metrics(tm
         assert window["train/digit_acc"] == 0.75 and window["train/sum_acc"] == 1.0
         assert window["train/digit_loss"] == pytest.approx(1.5) and window["train/sum_loss"] == pytest.approx(1.0)
     assert [s["signal_here"] for s in seen] == [None, signal.SIGTERM]
-    assert [s["bn"][2] for s in seen] == [10, 11]

@@ -79,9 +79,9 @@ def test_metrics_log_counts_steps_and_val(two_process_run):
     train = [x for x in lines if "train/loss" in x]
     assert [x["step"] for x in train] == list(range(8, 129, 8))  # smoke: 8192 / 64 = 128 steps, log_every 8
     assert all(x["train/samples_per_s"] > 0 for x in train)
-    lrs = [x["train/lr"] for x in train]  # one-cycle: warm up to the peak (0.003), then anneal to 0
+    lrs = [x["train/lr"] for x in train]  # one-cycle: warm up to the peak (smoke: 0.001), then anneal to 0
     peak = lrs.index(max(lrs))
-    assert 0 < peak < len(lrs) - 1 and max(lrs) == pytest.approx(0.003, rel=0.2) and lrs[-1] < 1e-6
+    assert 0 < peak < len(lrs) - 1 and max(lrs) == pytest.approx(0.001, rel=0.2) and lrs[-1] < 1e-6
     assert train[-1]["train/loss"] < train[0]["train/loss"]
     val = [x for x in lines if "val/digit_acc" in x]
     assert len(val) == 1 and val[0]["val/num_samples"] == 1000
@@ -94,7 +94,7 @@ def test_runs_count_the_flops_of_every_training_sample(one_process_run, two_proc
     model = build_model(cfg.model).train()
     images, labels = torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8), torch.tensor([1, 2, 3, 4])
     with FlopCounterMode(display=False) as counter:
-        digit_logits, sum_logits = model(images, labels)
+        digit_logits, sum_logits = model(images, labels, noise_key=torch.arange(4))
         sum_loss(digit_logits, sum_logits, labels, labels)[0].backward()
     per_sample = counter.get_total_flops() / 4
     for run_dir, _ in (one_process_run, two_process_run):
@@ -110,20 +110,38 @@ def test_one_and_two_processes_score_the_same_pairs(one_process_run, two_process
     assert json.loads((one_process_run[0] / "results.json").read_text())["world_size"] == 1
 
 
-def test_train_batches_are_identical_with_1_and_2_processes(tmp_path):
+def test_train_batches_are_identical_with_1_2_and_3_processes(tmp_path):
+    # 64 does not split over 3 processes: slices of 22, 21 and 21 samples.
     overrides = ["data.train_limit=1000", "train.global_batch_size=64", "train.seed=3"]
     dumps = {}
-    for n in (1, 2):
+    for n in (1, 2, 3):
         out = tmp_path / f"batches{n}.json"
         result = launch(["tests/dump_train_batches.py", str(out), *overrides], num_processes=n)
         assert result.returncode == 0, result.stderr[-3000:]
         dumps[n] = json.loads(out.read_text())
-    assert dumps[1]["world_size"] == 1 and dumps[2]["world_size"] == 2
-    assert dumps[1]["epochs"] == dumps[2]["epochs"]  # same global batches, same order, same numbers
-    epoch0 = [pair for batch in dumps[1]["epochs"][0] for pair in batch]
-    assert len(epoch0) == 1000 // 64 * 64 and len({i for i, _ in epoch0}) == len(epoch0)
-    assert all(n == pair_numbers(3, "train", 0, [i]).item() for i, n in epoch0)
+    assert [dumps[n]["world_size"] for n in (1, 2, 3)] == [1, 2, 3]
+    assert [dumps[n]["slice_sizes"] for n in (1, 2, 3)] == [[[64]], [[32], [32]], [[22], [21], [21]]]
+    # Same global batches, same order, same numbers, dropout keys and warps (exactly: they are hashes, not draws).
+    assert dumps[1]["epochs"] == dumps[2]["epochs"] == dumps[3]["epochs"]
+    epoch0 = [row for batch in dumps[1]["epochs"][0] for row in batch]
+    assert len(epoch0) == 1000 // 64 * 64 and len({row[0] for row in epoch0}) == len(epoch0)
+    assert [row[1] for row in epoch0] == pair_numbers(3, "train", 0, [row[0] for row in epoch0]).tolist()
+    assert len({row[2] for row in epoch0}) == len(epoch0)  # a dropout key of its own for every sample
     assert dumps[1]["epochs"][0] != dumps[1]["epochs"][1]  # a new order and new numbers each epoch
+
+
+def test_three_processes_train_and_score_every_test_image_once(tmp_path, mnist):
+    # 64 samples over 3 processes (22, 21, 21) and 500-image eval batches over 3 (167 per process): neither splits.
+    run_dir = tmp_path / "three"
+    result = launch(["train.py", "--config", "configs/smoke.yaml", f"run.dir={run_dir}", "wandb.mode=disabled"],
+                    num_processes=3)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["world_size"] == 3 and results["test"]["num_samples"] == 10000
+    assert results["best_val"]["num_samples"] == 1000 and results["test"]["num_exhaustive_pairs"] == 100000
+    preds = _read_csv(run_dir / "test_predictions.csv")
+    assert preds["index"].tolist() == list(range(10000)) and torch.equal(preds["label"], mnist["test"][1])
+    assert results["test"]["digit_acc"] > 0.3
 
 
 def test_existing_run_folder_is_never_overwritten(one_process_run, capsys):
@@ -135,15 +153,17 @@ def test_existing_run_folder_is_never_overwritten(one_process_run, capsys):
     assert (run_dir / "results.json").read_bytes() == before
 
 
-def test_batch_size_that_does_not_split_is_refused(tmp_path):
-    result = launch(["train.py", "--config", "configs/smoke.yaml", "train.global_batch_size=63",
+def test_a_global_batch_smaller_than_the_process_count_is_refused(tmp_path):
+    result = launch(["train.py", "--config", "configs/smoke.yaml", "train.global_batch_size=1",
                      f"run.dir={tmp_path / 'r'}"], num_processes=2)
-    line = "mnist-sum: error: train.global_batch_size=63 does not split over 2 processes (use a multiple of 2)"
+    line = ("mnist-sum: error: train.global_batch_size=1 leaves some of the 2 processes without a sample "
+            "(use at least 2: one sample per process)")
     assert result.returncode != 0
     assert line in result.stderr.splitlines()
     # torchrun's failure report that follows names the line as the root cause, not "To enable traceback see ...".
     root_cause = result.stderr.split("Root Cause (first observed failure):")[1]
     assert f"traceback : {line}" in root_cause and "To enable traceback" not in result.stderr
+    assert not (tmp_path / "r").exists()
 
 
 def test_accelerate_config_file_launches(tmp_path):

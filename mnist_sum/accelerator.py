@@ -1,0 +1,70 @@
+"""The Accelerator every command uses, and the checks that it formed the group the launch asked for."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from datetime import timedelta
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    DistributedDataParallelKwargs,
+    InitProcessGroupKwargs,
+    ProjectConfiguration,
+)
+
+from mnist_sum.cpu import keep_freed_memory, set_threads
+from mnist_sum.errors import LaunchError, UsageError
+from mnist_sum.process_group import form_group
+
+
+def make_accelerator(log_with: list[str] | None = None, timeout_s: int = 300, cpu_threads: int = 0,
+                     mixed_precision: str | None = None) -> Accelerator:
+    """The Accelerator every command uses. `mixed_precision` None: what `accelerate launch` set, else "no".
+    `log_with`: Accelerate tracker names; one that is not installed is an error (Accelerate would drop it)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    # `accelerate launch --multi_gpu` on a machine without GPUs would start independent single-process
+    # runs; asking for the CPU makes them one data-parallel job over gloo instead.
+    cpu = world > 1 and not torch.cuda.is_available()
+    form_group(timeout_s)
+    # The logging folder (TensorBoard's) is the run folder's, set once that is known; Accelerate wants one now.
+    with warnings.catch_warnings():  # a tracker that is not installed is one line below; Accelerate's warning repeats it
+        warnings.filterwarnings("ignore", message=r"`log_with=.*` was passed but no supported trackers")
+        accelerator = Accelerator(
+            cpu=cpu, log_with=log_with or None, mixed_precision=mixed_precision,
+            project_config=ProjectConfiguration(logging_dir="tensorboard"),
+            # The data is divided by mnist_sum.batches, not by Accelerate; split_batches only makes the prepared
+            # LR schedule step once per optimizer step (without it, once per process).
+            dataloader_config=DataLoaderConfiguration(split_batches=True),
+            kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s)),
+                             # BatchNorm statistics are the global batch's on every process (layers.GlobalBatchNorm2d),
+                             # so the buffers agree already: no broadcast of rank 0's before every forward.
+                             DistributedDataParallelKwargs(broadcast_buffers=False)])
+    missing = [name for name in log_with or () if name not in {str(t) for t in accelerator.log_with}]
+    if missing:
+        raise UsageError(f"tracking.log_with lists {missing[0]}, which is not installed here",
+                         f"pip install {missing[0].replace('_', '-')}, or leave it out of tracking.log_with")
+    if accelerator.num_processes != world:
+        raise LaunchError(f"launched {world} processes but Accelerate formed a group of {accelerator.num_processes}",
+                          "check the accelerate launch flags (--multi_gpu, --num_processes, --num_machines)")
+    if accelerator.mixed_precision == "fp16" and accelerator.scaler is None:
+        # Accelerate takes fp16 on the CPU without complaint, then neither autocasts nor scales: fp32 by another name.
+        raise UsageError(f"mixed precision fp16 needs a GPU; on {accelerator.device.type} it would train in fp32",
+                         "use --mixed_precision bf16 (or no) on the CPU")
+    if accelerator.device.type == "cpu":
+        set_threads(cpu_threads)
+        keep_freed_memory()
+    return accelerator
+
+
+def use_deterministic_algorithms() -> None:
+    """`train.deterministic`: the same result from the same inputs, on a GPU too (CPU kernels already are).
+
+    cuBLAS needs a fixed workspace for that, set before its first use; an op without a deterministic kernel
+    warns instead of stopping the run."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
