@@ -1,0 +1,89 @@
+"""Launched by tests/test_host_reads.py under `accelerate launch` (2 processes): real training steps of the smoke
+recipe under a TorchDispatchMode that records every op that makes the host wait for the device or sends host
+data to it, and writes what each rank saw between log steps to OUT.<rank>.json.
+
+Two reads that cost nothing on a GPU but are host reads on a CPU are avoided rather than counted apart: the
+default (foreach) AdamW keeps its step counters on the host and reads them every step (a GPU would read host
+memory, no sync), so the optimizer is the fused one, whose counters live with the parameters; and `F.one_hot`
+checks its input's range on the CPU only, so the sum head compares with arange instead.
+
+What a CPU can show: every op reaches the dispatcher here as it would on a GPU, so a read of a device value
+(`.item()`, `.tolist()`, `int(t)`, `bool(t)`: aten._local_scalar_dense, aten.is_nonzero, aten.equal), an op
+whose output size depends on the data (aten.nonzero, masked_select, unique) and a tensor built from Python or
+numpy data (`torch.tensor(...)`: aten.lift_fresh) are all seen. What it cannot show: a copy between host and
+device (on a CPU `.cpu()` and `.to(device)` are no-ops and dispatch nothing; a tensor made by `torch.from_numpy`
+dispatches nothing either) and the syncs inside NCCL; bench/gpu_check.sh repeats the run under
+`torch.cuda.set_sync_debug_mode("error")`, which catches those.
+
+The first `train.log_every` steps (the run's first step counts its FLOPs) are a warm-up; the next two windows
+are recorded, with the log lines, the stop request asked at them and any checkpoint left out: those run only
+at log steps, and may read the host.
+"""
+
+import json
+import sys
+import time
+import traceback
+from contextlib import ExitStack
+
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from mnist_sum import trainer as trainer_module
+from mnist_sum.config import load_config
+
+HOST_WAITS = {"aten._local_scalar_dense", "aten.is_nonzero", "aten.equal", "aten.nonzero", "aten.masked_select",
+              "aten._unique2", "aten.unique_dim", "aten.unique_consecutive"}
+HOST_DATA = {"aten.lift_fresh", "aten.lift_fresh_copy", "aten.lift"}
+
+
+class Recorder(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.on, self.paused, self.seen = False, 0, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket._qualified_op_name.replace("::", ".")
+        if self.on and not self.paused and name in HOST_WAITS | HOST_DATA:
+            frames = [f for f in traceback.extract_stack()[:-1] if "/torch/" not in f.filename]
+            where = f"{frames[-1].filename.rsplit('/', 2)[-1]}:{frames[-1].lineno}" if frames else "?"
+            self.seen.append({"op": name, "where": where})
+        return func(*args, **(kwargs or {}))
+
+
+recorder = Recorder()
+
+
+calls = {"_log_train_window": 0, "agreed": 0, "save_checkpoint": 0}
+
+
+def at_log_steps(method):
+    """Log steps may read the host: pause recording inside them; start recording after the first one. Calls are
+    counted, so the test sees that the stop request is asked only when a line is logged."""
+    def wrapped(*args, **kwargs):
+        if not recorder.paused:
+            calls[method.__name__] += 1
+        recorder.paused += 1
+        try:
+            return method(*args, **kwargs)
+        finally:
+            recorder.paused -= 1
+            recorder.on = True
+    return wrapped
+
+
+out, *overrides = sys.argv[1:]
+Trainer = trainer_module.Trainer
+Trainer._log_train_window = at_log_steps(Trainer._log_train_window)
+Trainer.save_checkpoint = at_log_steps(Trainer.save_checkpoint)
+trainer_module.StopRequest.agreed = at_log_steps(trainer_module.StopRequest.agreed)
+
+cfg = load_config(trainer_module.PROJECT_ROOT / "configs" / "smoke.yaml", overrides)
+accelerator = trainer_module.make_accelerator(timeout_s=cfg.train.dist_timeout_s)
+with ExitStack() as on_exit:
+    trainer = Trainer(cfg, "smoke", None, accelerator, on_exit, time.perf_counter())
+    with recorder:
+        trainer.train_epoch()
+    steps = trainer.state.step
+with open(f"{out}.{accelerator.process_index}.json", "w") as f:
+    json.dump({"steps": steps, "world_size": accelerator.num_processes, "seen": recorder.seen, "calls": calls}, f)
+accelerator.end_training()
