@@ -1,62 +1,43 @@
-"""torch.compile against eager, on one recipe's model and batch: the training step's speed and the compile time.
+"""torch.compile against eager on train.py's own step (bench/speed.py's set-up): speed and compile time.
 
     python bench/compile.py --config configs/quick.yaml --precision bf16
     python bench/compile.py --config configs/default.yaml --precision no
 
-Both in this one fresh process, with train.py's CPU settings (threads, allocator): the first step (which
-compiles), then 40 timed steps after 5 of warm-up. Prints one line per mode.
+In one fresh process, on the device Accelerate picks: the first step of each (the compiled one compiles), then
+alternating windows of both. Prints one line per mode.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mnist_sum.config import load_config  # noqa: E402
-from mnist_sum.cpu import keep_freed_memory, set_threads  # noqa: E402
-from mnist_sum.model import build_model, sum_loss  # noqa: E402
+from speed import alternate, setup  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/quick.yaml")
-    parser.add_argument("--precision", default="no", choices=["no", "bf16"])
+    parser.add_argument("--precision", default="no", choices=["no", "bf16", "fp16"])
     args = parser.parse_args()
-    set_threads(0)
-    keep_freed_memory()
-    cfg = load_config(args.config)
-    size = cfg.train.global_batch_size
-    images = torch.randint(0, 256, (size, 28, 28), dtype=torch.uint8)
-    labels, numbers = torch.randint(0, 10, (size,)), torch.randint(0, 10, (size,))
-    for mode in ("eager", "compiled"):
-        torch.manual_seed(0)
-        model = build_model(cfg.model).train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        forward = torch.compile(model) if mode == "compiled" else model
-
-        def step(forward=forward, optimizer=optimizer) -> None:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
-                digit_logits, sum_logits = forward(images, numbers)
-            sum_loss(digit_logits, sum_logits, labels, numbers)[0].backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
+    accelerator, cfg, stream, make_step = setup(args.config, args.precision)
+    sync = torch.accelerator.synchronize if accelerator.device.type != "cpu" else lambda: None
+    steps, first = {"eager": make_step(), "compiled": make_step(compiled=True)}, {}
+    for mode, step in steps.items():
         started = time.perf_counter()
-        step()
-        first = time.perf_counter() - started
-        for _ in range(5):
-            step()
-        started = time.perf_counter()
-        for _ in range(40):
-            step()
-        rate = 40 * size / (time.perf_counter() - started)
-        print(f"{args.config} {args.precision} {mode}: first step {first:.1f} s, then {rate:,.0f} samples/s", flush=True)
+        for batch in itertools.islice(stream, 1):
+            step(batch)
+        sync()
+        first[mode] = time.perf_counter() - started
+    for mode, rate in alternate(steps, stream, cfg.train.global_batch_size, sync, rounds=5).items():
+        print(f"{args.config} {args.precision} {mode}: first step {first[mode]:.1f} s, then {rate:,.0f} samples/s")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python bench/table.py runs/quick runs/default            # one row per run
     python bench/table.py --mean runs/default-seed*           # plus mean ± std and min rows over the runs given
+    python bench/table.py --peak-tflops 989 runs/gpu-*         # a speed table: TFLOP/s, MFU, peak memory
 
 Time to 99% is the training time at the first validation where both heads reached 99% on val. Training
 FLOPs are the model's forward and backward over every training sample (counted by the run itself).
@@ -29,6 +30,7 @@ def summarise(run_dir: Path) -> dict:
             "samples_per_s": statistics.median(rates) if rates else float("nan"), "to_99_s": to_99,
             "train_flops": results.get("train_flops", float("nan")),
             "gflops_per_s": results.get("train_flops_per_s", float("nan")) / 1e9,
+            "peak_memory_mb": results.get("peak_memory_mb", float("nan")), "skipped_steps": results.get("skipped_steps", 0),
             **{k: results["test"][k] for k in COLUMNS}}
 
 
@@ -36,8 +38,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--mean", action="store_true", help="add mean ± std and min rows")
+    parser.add_argument("--peak-tflops", type=float, help="the device's dense peak: print the speed table instead")
     args = parser.parse_args()
     rows = [summarise(r) for r in args.runs]
+    if args.peak_tflops:
+        speed_table(rows, args.peak_tflops)
+        return
     print(f"# {rows[0]['device']}, {rows[0]['world_size']} process(es)")
     print("| run | precision | wall | train | train FLOPs | GFLOP/s | samples/s | to 99% (val) | digit | sum | "
           "exhaustive sum | sum, digit right |")
@@ -55,6 +61,20 @@ def main() -> None:
               + " | ".join(ms(k, 100) + "%" for k in COLUMNS) + " |")
         print(f"| min of {len(rows)} | | | | | | | | " + " | ".join(f"{100 * min(r[k] for r in rows):.2f}%" for k in COLUMNS)
               + " |")
+
+
+def speed_table(rows: list[dict], peak_tflops: float) -> None:
+    """Throughput against the device's peak: MFU = achieved model FLOP/s (forward and backward, as counted by the
+    run) over the dense peak of the precision the peak is given for."""
+    print(f"# {rows[0]['device']}, {rows[0]['world_size']} process(es); MFU against {peak_tflops:g} TFLOP/s")
+    print("| run | precision | train | samples/s | TFLOP/s | MFU | peak memory | skipped steps | to 99% (val) | digit | sum |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        to_99 = f"{r['to_99_s']:.1f} s" if r["to_99_s"] is not None else "-"
+        tflops = r["gflops_per_s"] / 1e3
+        print(f"| {r['run']} | {r['precision']} | {r['train_s']:.1f} s | {r['samples_per_s']:,.0f} | {tflops:.2f} | "
+              f"{tflops / peak_tflops:.2%} | {r['peak_memory_mb']:,.0f} MiB | {r['skipped_steps']} | {to_99} | "
+              f"{100 * r['digit_acc']:.2f}% | {100 * r['sum_acc']:.2f}% |")
 
 
 if __name__ == "__main__":

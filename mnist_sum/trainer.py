@@ -9,6 +9,7 @@ handlers and ends the Accelerator's run.
 from __future__ import annotations
 
 import platform
+import resource
 import signal
 import subprocess
 import sys
@@ -318,6 +319,14 @@ def git_state(root: Path = PROJECT_ROOT) -> dict[str, Any] | None:
         return None
 
 
+def peak_memory_bytes(device: torch.device) -> int:
+    """The most memory this process held: on an accelerator its allocator's peak, on the CPU the peak resident
+    size of the whole process (Python, data and all)."""
+    if device.type == "cpu":
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    return torch.accelerator.max_memory_allocated(device)
+
+
 def environment(accelerator: Accelerator) -> dict[str, Any]:
     device = accelerator.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
@@ -325,5 +334,6 @@ def environment(accelerator: Accelerator) -> dict[str, Any]:
         "world_size": accelerator.num_processes,
         "device": f"{device.type} ({name})",
         "mixed_precision": accelerator.mixed_precision,
+        "peak_memory_mb": round(peak_memory_bytes(device) / 2**20, 1),
         "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "accelerate": accelerate.__version__},
     }

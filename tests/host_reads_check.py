@@ -21,11 +21,13 @@ at log steps, and may read the host.
 """
 
 import json
+import os
 import sys
 import time
 import traceback
 from contextlib import ExitStack
 
+import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mnist_sum import trainer as trainer_module
@@ -51,6 +53,13 @@ class Recorder(TorchDispatchMode):
 
 
 recorder = Recorder()
+# bench/gpu_check.sh sets this on a GPU: any synchronizing CUDA call between log steps then raises.
+SYNC_DEBUG = os.environ.get("MNIST_SUM_SYNC_DEBUG") == "1" and torch.cuda.is_available()
+
+
+def set_sync_debug() -> None:
+    if SYNC_DEBUG:
+        torch.cuda.set_sync_debug_mode("error" if recorder.on and not recorder.paused else "default")
 
 
 calls = {"_log_train_window": 0, "agreed": 0, "save_checkpoint": 0}
@@ -63,26 +72,33 @@ def at_log_steps(method):
         if not recorder.paused:
             calls[method.__name__] += 1
         recorder.paused += 1
+        set_sync_debug()
         try:
             return method(*args, **kwargs)
         finally:
             recorder.paused -= 1
             recorder.on = True
+            set_sync_debug()
     return wrapped
 
 
-out, *overrides = sys.argv[1:]
+out, *overrides = sys.argv[1:]  # OUT [--config FILE] [section.key=value ...]; the smoke recipe by default
+config = trainer_module.PROJECT_ROOT / "configs" / "smoke.yaml"
+if overrides[:1] == ["--config"]:
+    config, overrides = overrides[1], overrides[2:]
 Trainer = trainer_module.Trainer
 Trainer._log_train_window = at_log_steps(Trainer._log_train_window)
 Trainer.save_checkpoint = at_log_steps(Trainer.save_checkpoint)
 trainer_module.StopRequest.agreed = at_log_steps(trainer_module.StopRequest.agreed)
 
-cfg = load_config(trainer_module.PROJECT_ROOT / "configs" / "smoke.yaml", overrides)
+cfg = load_config(config, overrides)
 accelerator = trainer_module.make_accelerator(timeout_s=cfg.train.dist_timeout_s)
 with ExitStack() as on_exit:
     trainer = Trainer(cfg, "smoke", None, accelerator, on_exit, time.perf_counter())
     with recorder:
         trainer.train_epoch()
+    recorder.on = False
+    set_sync_debug()
     steps = trainer.state.step
 with open(f"{out}.{accelerator.process_index}.json", "w") as f:
     json.dump({"steps": steps, "world_size": accelerator.num_processes, "seen": recorder.seen, "calls": calls}, f)

@@ -248,7 +248,7 @@ def test_resume_refuses_a_changed_recipe(reference, tmp_path, capsys):
     code, err = train_in_process(["--resume", "auto", f"run.dir={run}", "optim.lr=0.01"], capsys)
     assert code == 2
     assert err.strip().splitlines()[-1] == ("mnist-sum: error: the config differs from checkpoint step_000384's "
-                                            "(optim.lr: 0.003 -> 0.01) (drop those overrides to resume that run "
+                                            "(optim.lr: 0.001 -> 0.01) (drop those overrides to resume that run "
                                             "exactly, or start a new run)")
 
 

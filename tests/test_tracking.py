@@ -43,7 +43,7 @@ def test_offline_wandb_run_holds_the_logged_metrics(smoke_run):
     assert final["val/loss"] == {"min": pytest.approx(val[0]["val/loss"])}
     assert results["best_val"]["joint_acc"] == val[0]["val/joint_acc"]  # the selected (only) epoch
     assert final["train_flops"] == results["train_flops"] > 0 and final["train_flops_per_s"] == results["train_flops_per_s"]
-    assert config(path)["optim"]["lr"] == 0.003
+    assert config(path)["optim"]["lr"] == 0.001  # the smoke recipe's
     assert config(path)["git"] == results["git"] and len(results["git"]["commit"]) == 40  # provenance in W&B too
 
 
