@@ -125,6 +125,21 @@ def test_a_saved_config_that_predates_a_key_keeps_its_former_meaning(tmp_path):
         _check_same_recipe(load_config(None), state, tmp_path / "step_000010")
 
 
+def test_a_removed_key_is_dropped_from_a_saved_config_and_explained_to_a_user(tmp_path):
+    # Runs saved before batches moved to the device list data.num_workers; they still resume and evaluate.
+    old = load_config(None).to_dict()
+    old["data"]["num_workers"] = 2
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    assert load_config(tmp_path / "config.yaml", saved=True) == load_config(None)
+    _check_same_recipe(load_config(None), LoopState(config=old, config_name="default", world_size=1), tmp_path)
+    for source in ({"path": tmp_path / "config.yaml"}, {"overrides": ["data.num_workers=2"]}):
+        with pytest.raises(UsageError) as info:
+            load_config(**source)
+        assert info.value.line() == ("mnist-sum: error: config key 'data.num_workers' no longer exists: batches are cut on "
+                                     "the training device (mnist_sum/batches.py); there are no loader workers (remove "
+                                     "data.num_workers)")
+
+
 def test_cli_prints_one_line_and_exits_2(tmp_path):
     result = run_python(["train.py", "--config", "configs/smoke.yaml", "optim.lrr=1", f"run.dir={tmp_path}/r"])
     assert result.returncode == 2
