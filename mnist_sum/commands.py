@@ -75,7 +75,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
                         help="auto: continue the run folder (run.dir / run.name) from its newest whole checkpoint, or "
                         "start it if it has none; PATH: continue from that step_* checkpoint folder")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="override config values")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides before and after --resume alike
 
     def train_command() -> None:
         config_path = Path(args.config or DEFAULT_CONFIG)

@@ -147,3 +147,14 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
         "mnist-sum: error: unknown config key 'optim.lrr' (did you mean optim.lr?)"]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "r").exists()  # nothing was created for a run that never started
+
+
+def test_overrides_may_come_before_and_after_resume(capsys):
+    # `train.py --config X a=1 --resume auto run.dir=...`: both groups of overrides are read (the second one
+    # was refused as "unrecognized arguments" before).
+    from conftest import train_in_process
+
+    code, err = train_in_process(["--config", str(ROOT / "configs" / "smoke.yaml"), "optim.lr=0.002", "--resume", "auto",
+                                  "optim.lrr=1"], capsys)
+    assert code == 2 and err.strip().splitlines() == ["mnist-sum: error: unknown config key 'optim.lrr' (did you mean "
+                                                      "optim.lr?)"]
