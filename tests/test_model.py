@@ -86,6 +86,26 @@ def test_bilinear_sum_head_can_add_exactly():
     logits[1::4, 3] = top[1::4] + 3e-3
     numbers = torch.randint(0, 10, (10_000,), generator=g)
     assert torch.equal(model.sum_logits(logits, numbers).argmax(-1), logits.argmax(-1) + numbers)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what --mixed_precision bf16 runs the model under
+        under_bf16 = model.sum_logits(logits, numbers)
+    assert under_bf16.dtype == torch.float32
+    assert torch.equal(under_bf16.argmax(-1), logits.argmax(-1) + numbers)  # the head runs in fp32
+
+
+def test_bilinear_sum_head_is_one_linear_map_of_p_for_each_number():
+    # Against an independent reading of the head: logit s = scale * sum_d W[s, d, n] p[d] + b[s], with a random,
+    # non-symmetric W (the addition table is symmetric in d and n, so it cannot tell a transposed product),
+    # the input scale included (argmax alone cannot see it).
+    model = build_model(ModelConfig(channels=[4]))
+    g = torch.Generator().manual_seed(1)
+    weight, bias = torch.randn(NUM_SUMS, 10, 10, generator=g), torch.randn(NUM_SUMS, generator=g)
+    with torch.no_grad():
+        model.sum_head.weight.copy_(weight.flatten(1))
+        model.sum_head.bias.copy_(bias)
+    logits, numbers = torch.randn(64, 10, generator=g), torch.randint(0, 10, (64,), generator=g)
+    p = logits.softmax(-1)
+    expected = BILINEAR_INPUT_SCALE * torch.einsum("sdb,bd->bs", weight[:, :, numbers], p) + bias
+    assert torch.allclose(model.sum_logits(logits, numbers), expected, atol=1e-4)
 
 
 def test_weights_written_before_the_bilinear_head_load_as_mlp(tmp_path):
