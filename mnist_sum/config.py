@@ -147,7 +147,7 @@ class TrainConfig:
     against 9,200 in bf16; default: 820 against 980) and compiling took 12-37 s. Try it on a GPU."""
     cpu_threads: int = 0
     """Threads per process when training on the CPU; 0 = this machine's cores shared by its processes.
-    (`accelerate launch` without a GPU sets OMP_NUM_THREADS=1, which halves the speed on 2 cores.)"""
+    (`accelerate launch` without a GPU sets OMP_NUM_THREADS=1: one thread; README, Train, has its cost.)"""
     dist_timeout_s: int = 300
     """With several processes: give up on a collective (and end the job) after this many seconds, so a
     process that died or hangs takes the job down instead of leaving the others waiting forever."""

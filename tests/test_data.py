@@ -202,7 +202,7 @@ def test_load_splits_applies_val_size_and_train_limit():
 
 
 def _write_parquet(folder, mnist, n_train=300, n_test=200):
-    datasets = pytest.importorskip("datasets")
+    import datasets
     from PIL import Image
 
     folder.mkdir()
@@ -238,7 +238,8 @@ def test_hf_save_to_disk_folder(tmp_path, mnist):
 
 
 def test_hf_source_with_wrong_columns(tmp_path):
-    datasets = pytest.importorskip("datasets")
+    import datasets
+
     folder = tmp_path / "bad"
     folder.mkdir()
     for split in ("train", "test"):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import math
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -178,3 +181,53 @@ def test_accelerate_config_file_launches(tmp_path):
     # bf16 autocast on the CPU: the loss stays finite and the accuracy is as sane as in fp32 (about 0.48 here).
     assert results["test"]["num_samples"] == 10000 and results["test"]["digit_acc"] > 0.3
     assert math.isfinite(results["test"]["loss"]) and math.isfinite(results["best_val"]["loss"])
+
+
+def _raw_idx(name: str, header: int) -> torch.Tensor:
+    """An MNIST file read straight from its bytes (not through mnist_sum.sources)."""
+    data = gzip.decompress((ROOT / "data" / "mnist" / f"{name}.gz").read_bytes())[header:]
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def test_metrics_recomputed_from_the_raw_files_equal_results_json(one_process_run):
+    # Nothing of mnist_sum.scoring: the accuracies from test_predictions.csv and the raw label file, the exhaustive
+    # score by running the saved weights over all 100,000 (image, number) pairs.
+    run_dir, _ = one_process_run
+    test = json.loads((run_dir / "results.json").read_text())["test"]
+    labels = _raw_idx("t10k-labels-idx1-ubyte", 8).long()
+    images = _raw_idx("t10k-images-idx3-ubyte", 16).view(10000, 28, 28)
+    preds = _read_csv(run_dir / "test_predictions.csv")
+    assert torch.equal(preds["label"], labels) and preds["index"].tolist() == list(range(10000))
+    digit_ok, sum_ok = preds["pred_digit"] == labels, preds["pred_sum"] == labels + preds["number"]
+    assert test["num_samples"] == 10000
+    assert test["digit_acc"] == int(digit_ok.sum()) / 10000 and test["sum_acc"] == int(sum_ok.sum()) / 10000
+    assert test["joint_acc"] == int((digit_ok & sum_ok).sum()) / 10000
+    assert test["sum_acc_given_digit"] == pytest.approx(int((digit_ok & sum_ok).sum()) / int(digit_ok.sum()), abs=1e-12)
+    model = load_weights(run_dir / "model.safetensors")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(len(os.sched_getaffinity(0)))  # as the run computed them (same batches too)
+    try:
+        with torch.no_grad():
+            right = 0
+            for chunk, truth in zip(images.split(500), labels.split(500)):  # the smoke recipe's eval batch
+                digits = model.digit_logits(chunk)
+                for n in range(10):
+                    sums = model.sum_logits(digits, torch.full_like(truth, n)).argmax(-1)
+                    right += int((sums == truth + n).sum())
+    finally:
+        torch.set_num_threads(threads)
+    assert test["num_exhaustive_pairs"] == 100000 and test["exhaustive_sum_acc"] == right / 100000
+
+
+def test_the_readmes_first_command_trains_with_no_launch_flags_and_no_accelerate_config(tmp_path):
+    # `accelerate launch train.py` exactly: no flags, no config file, and no `accelerate config` default either (a
+    # fresh HF_HOME); the smoke recipe through overrides, on the CPU.
+    smoke = ["data.val_size=1000", "data.train_limit=8192", "model.channels=[8,16]", "optim.lr=0.001", "train.epochs=1",
+             "train.global_batch_size=64", "train.eval_batch_size=500", "train.log_every=8", "wandb.mode=disabled"]
+    env = child_env() | {"HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run([str(Path(sys.executable).parent / "accelerate"), "launch", "train.py", *smoke,
+                             f"run.dir={tmp_path / 'r'}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert results["mixed_precision"] == "no" and results["world_size"] == 1 and results["device"].startswith("cpu")
+    assert results["test"]["num_samples"] == 10000 and results["steps"] == 128
