@@ -81,10 +81,11 @@ class ModelConfig:
     fc_hidden: int = 256
     """0: global average pooling and one linear layer read the digit. N: the last feature map, flattened,
     feeds a fully connected layer of N units (cheap next to a convolution at full resolution)."""
-    sum_head: Literal["bilinear", "mlp"] = "bilinear"
-    """How the sum head reads (digit probabilities p, one-hot number n). mlp: one hidden layer over the two
-    concatenated. bilinear: one linear layer over their outer product, i.e. a learned 10 x 19 map from p to
-    the sum logits for each number, which can represent argmax(p) + n exactly."""
+    sum_head: Literal["bilinear", "mlp", "concat"] = "bilinear"
+    """How the sum head reads (digit probabilities p, one-hot number n). concat: the original design, one
+    linear layer 20 -> 19 over the two concatenated. mlp: one hidden layer over the two concatenated.
+    bilinear: one linear layer over their outer product, i.e. a learned 10 x 19 map from p to the sum logits
+    for each number, which can represent argmax(p) + n exactly."""
     sum_hidden: int = 128
     """Hidden units of the mlp sum head."""
     dropout: float = 0.1

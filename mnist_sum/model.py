@@ -59,6 +59,8 @@ class SumNet(nn.Module):
         self.bilinear_sum = cfg.sum_head == "bilinear"
         if self.bilinear_sum:
             self.sum_head = nn.Linear(NUM_DIGITS * NUM_DIGITS, NUM_SUMS)
+        elif cfg.sum_head == "concat":  # the original design: [p, one-hot n] -> one linear layer
+            self.sum_head = nn.Linear(2 * NUM_DIGITS, NUM_SUMS)
         else:
             self.sum_head = nn.Sequential(
                 nn.Linear(2 * NUM_DIGITS, cfg.sum_hidden), nn.ReLU(inplace=True), nn.Linear(cfg.sum_hidden, NUM_SUMS)

@@ -155,3 +155,15 @@ def test_weights_of_another_network_are_refused(tmp_path):
     save_weights(tmp_path / "mixed.safetensors", wider, cfg)
     with pytest.raises(UsageError, match="does not match the network its metadata describes"):
         load_weights(tmp_path / "mixed.safetensors")
+
+
+def test_concat_sum_head_is_the_original_design():
+    # model.sum_head=concat: the digit head's probabilities concatenated with the one-hot number, one linear layer
+    # 20 -> 19 (the design this project started from), so its logits are W [p, one-hot n] + b.
+    model = build_model(ModelConfig(channels=[4], sum_head="concat"))
+    assert isinstance(model.sum_head, torch.nn.Linear) and tuple(model.sum_head.weight.shape) == (NUM_SUMS, 20)
+    g = torch.Generator().manual_seed(2)
+    logits, numbers = torch.randn(64, 10, generator=g), torch.randint(0, 10, (64,), generator=g)
+    inputs = torch.cat([logits.softmax(-1), F.one_hot(numbers, 10).float()], dim=1)
+    expected = inputs @ model.sum_head.weight.T + model.sum_head.bias
+    assert torch.allclose(model.sum_logits(logits, numbers), expected, atol=1e-6)
