@@ -43,6 +43,12 @@ def trained_run(tmp_path_factory):
     return run_dir
 
 
+def test_a_trained_sum_head_adds(trained_run):
+    # The bilinear head, trained: where the digit is read right, the sum is right too (all but a few in 10,000).
+    test = json.loads((trained_run / "results.json").read_text())["test"]
+    assert test["digit_acc"] > 0.95 and test["sum_acc_given_digit"] >= 0.999
+
+
 def test_the_saved_weights_are_those_of_the_most_accurate_val_epoch(trained_run, tmp_path):
     lines = [json.loads(x) for x in (trained_run / "metrics.jsonl").read_text().splitlines()]
     joint = [x["val/joint_acc"] for x in lines if "val/joint_acc" in x]
