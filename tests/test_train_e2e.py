@@ -113,6 +113,7 @@ def test_one_and_two_processes_score_the_same_pairs(one_process_run, two_process
     assert json.loads((one_process_run[0] / "results.json").read_text())["world_size"] == 1
 
 
+@pytest.mark.slow
 def test_train_batches_are_identical_with_1_2_and_3_processes(tmp_path):
     # 64 does not split over 3 processes: slices of 22, 21 and 21 samples.
     overrides = ["data.train_limit=1000", "train.global_batch_size=64", "train.seed=3"]
@@ -133,6 +134,7 @@ def test_train_batches_are_identical_with_1_2_and_3_processes(tmp_path):
     assert dumps[1]["epochs"][0] != dumps[1]["epochs"][1]  # a new order and new numbers each epoch
 
 
+@pytest.mark.slow
 def test_three_processes_train_and_score_every_test_image_once(tmp_path, mnist):
     # 64 samples over 3 processes (22, 21, 21) and 500-image eval batches over 3 (167 per process): neither splits.
     run_dir = tmp_path / "three"
