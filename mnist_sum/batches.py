@@ -84,6 +84,8 @@ class EvalBatches:
         self.sizes = shard_sizes(len(dataset), world)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        # An empty part (more processes than samples) still yields one empty batch, so every process has
+        # columns of the right types to take part in the gather.
         rows = torch.arange(self.start, self.stop, device=self.dataset.device)
-        for chunk in rows.split(self.batch_size) if len(rows) else ():
+        for chunk in rows.split(self.batch_size):
             yield self.dataset.batch(chunk)

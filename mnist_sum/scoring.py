@@ -60,15 +60,7 @@ def gather_predictions(model: SumNet, batches: EvalBatches, accelerator: Acceler
         for key, value in columns.items():
             parts.setdefault(key, []).append(value)
     model.train(was_training)
-    if not parts:  # this process's part of the split is empty (more processes than samples)
-        parts = {key: [torch.zeros(0, dtype=dtype, device=accelerator.device)] for key, dtype in _COLUMN_TYPES.items()
-                 if exhaustive or key != "exhaustive_correct"}
     return {key: gather_parts(torch.cat(chunks), batches.sizes, accelerator).cpu() for key, chunks in parts.items()}
-
-
-_COLUMN_TYPES = {"index": torch.int64, "label": torch.int64, "number": torch.int64, "pred_digit": torch.int64,
-                 "pred_sum": torch.int64, "digit_loss": torch.float32, "sum_loss": torch.float32,
-                 "exhaustive_correct": torch.int64}
 
 
 def gather_parts(part: torch.Tensor, sizes: list[int], accelerator: Accelerator) -> torch.Tensor:

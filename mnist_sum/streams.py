@@ -48,18 +48,12 @@ def splitmix64(x: torch.Tensor) -> torch.Tensor:
     return x ^ _shr(x, 31)
 
 
-def _splitmix64_int(x: int) -> int:
-    x = (x + _GOLDEN) & _MASK
-    x = ((x ^ (x >> 30)) * _MIX1) & _MASK
-    x = ((x ^ (x >> 27)) * _MIX2) & _MASK
-    return x ^ (x >> 31)
-
-
 def stream_key(*parts: int) -> int:
-    """Hash a tuple of ints (seed, stream id, epoch, ...) into one 64-bit key (0 <= key < 2**64)."""
+    """Hash a tuple of ints (seed, stream id, epoch, ...) into one 64-bit key (0 <= key < 2**64). On the host,
+    once per epoch: the same `splitmix64` on one value."""
     key = 0
     for part in parts:
-        key = _splitmix64_int(key ^ (part & _MASK))
+        key = int(splitmix64(torch.tensor(_signed(key ^ (part & _MASK))))) & _MASK
     return key
 
 

@@ -176,6 +176,8 @@ def test_train_order_is_a_seeded_permutation_per_epoch_and_eval_keeps_every_samp
         assert torch.cat([b["index"] for p in parts for b in p]).tolist() == list(range(1000))
         assert [sum(len(b["index"]) for b in p) for p in parts] == parts[0].sizes
         assert all(len(b["index"]) <= -(-300 // world) for p in parts for b in p)
+    # More processes than samples: the last part is empty and yields one empty batch, so it still gathers.
+    assert [len(b["index"]) for b in EvalBatches(SumDataset(images[:2], labels[:2], "val", 0), 300, 2, 3)] == [0]
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 5, 6, 7, 16, 64])
