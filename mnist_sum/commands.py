@@ -40,11 +40,11 @@ def _say(line: str, every_rank: bool = False) -> None:
         print(line, file=sys.stderr)
 
 
-def run_command(command: Callable[[], object], debug: bool) -> int:
-    """Run `command`; a ProjectError or a requested stop becomes one line on stderr and its exit code
-    (a traceback instead with --debug)."""
+def run_command(command: Callable[[], int | None], debug: bool) -> int:
+    """Run `command` (its exit code, or None for 0); a ProjectError or a requested stop becomes one line on
+    stderr and its exit code (a traceback instead with --debug)."""
     try:
-        command()
+        code = command()
     except ProjectError as err:
         if debug:
             raise
@@ -59,7 +59,7 @@ def run_command(command: Callable[[], object], debug: bool) -> int:
     except KeyboardInterrupt:
         print("mnist-sum: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
@@ -148,15 +148,19 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, ... of any size")
     args = parser.parse_args(argv)
 
-    def predict_command() -> None:
+    def predict_command() -> int:
         from mnist_sum.predict import predict_files  # after parsing: see the module docstring
 
         results = predict_files(args.weights, args.number, args.images)
         if args.json:
             print(json.dumps(results, indent=2))
-            return
         for r in results:
-            print(f"{r['image']}: digit {r['digit']} ({r['digit_prob']:.1%}), "
-                  f"{r['digit']} + {r['number']} = {r['sum']} ({r['sum_prob']:.1%})")
+            if "error" in r:
+                print(f"mnist-sum: error: {r['error']}", file=sys.stderr)
+            elif not args.json:
+                print(f"{r['image']}: digit {r['digit']} ({r['digit_prob']:.1%}), "
+                      f"{r['digit']} + {r['number']} = {r['sum']} ({r['sum_prob']:.1%})")
+        # Every file has had its answer above; the exit code tells a script that not all could be read.
+        return 2 if any("error" in r for r in results) else 0
 
     return run_command(predict_command, args.debug)

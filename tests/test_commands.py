@@ -126,6 +126,30 @@ def test_predict_refuses_files_that_are_not_images(smoke_run, tmp_path, capsys):
         assert len(err.strip().splitlines()) == 1 and words in err, err
 
 
+def test_every_file_gets_its_answer_and_a_failed_one_its_own_line(trained_run, mnist, tmp_path, capsys):
+    (index, label, number), (index2, label2, _) = _right_pairs(trained_run, 2)
+    good, good2 = tmp_path / "good.png", tmp_path / "good2.png"
+    Image.fromarray(mnist["test"][0][index].numpy()).save(good)
+    # The same digit on grey paper: refused as blank before framing looked past the border.
+    Image.fromarray((128 + mnist["test"][0][index2].numpy() // 2).astype("uint8")).save(good2)
+    text, blank = tmp_path / "notes.png", tmp_path / "blank.png"
+    text.write_text("not an image")
+    Image.new("L", (50, 50), 200).save(blank)
+    paths = [good, text, good2, blank]
+    assert predict_main(["--weights", str(trained_run), "--number", str(number), *map(str, paths)]) == 2
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[0].startswith(f"{good}: digit {label} (") and lines[1].startswith(f"{good2}: digit {label2} (")
+    assert err.splitlines() == [
+        f"mnist-sum: error: {text} is not a readable image (pass a PNG or JPEG file)",
+        f"mnist-sum: error: {blank}: the image is blank (no digit found) (pass an image with a digit in it)"]
+    assert predict_main(["--weights", str(trained_run), "--number", str(number), "--json", *map(str, paths)]) == 2
+    answers = json.loads(capsys.readouterr().out)
+    assert [a["image"] for a in answers] == list(map(str, paths))
+    assert [("error" in a) for a in answers] == [False, True, False, True]
+    assert answers[1]["error"] == f"{text} is not a readable image (pass a PNG or JPEG file)"
+
+
 def test_the_console_scripts_answer_help_and_mistakes_without_training(tmp_path):
     # mnist-sum-train is train.py: the same parser, the same one-line errors, nothing created for a bad config.
     script, plain = run_script("mnist-sum-train", ["--help"]), run_python(["train.py", "--help"])

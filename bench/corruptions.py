@@ -1,0 +1,158 @@
+"""Fifteen corruptions of the kind cameras, scanners and people add to a digit, for bench/robustness.py.
+
+Each takes one MNIST image (float [28, 28] in 0..1, light digit on black) and a numpy Generator and returns
+the corrupted image (float, 0..1). The strengths are ones a person still reads easily (bench/robustness.py
+--show writes a sheet of examples to look at). They are written here with numpy and PIL, on purpose apart
+from the training augmentation (mnist_sum/augment.py): a benchmark that re-used the training transforms would
+only measure how well the net learnt them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+
+def _pil(x: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.clip(x * 255, 0, 255).astype(np.uint8))
+
+
+def _float(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.float32) / 255
+
+
+def _affine(x: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Warp about the image centre by a 2x2 matrix (output -> input coordinates), bilinear."""
+    c = np.array([13.5, 13.5])
+    offset = c - matrix @ c
+    coeffs = (matrix[0, 0], matrix[0, 1], offset[0], matrix[1, 0], matrix[1, 1], offset[1])
+    return _float(_pil(x).transform((28, 28), Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR))
+
+
+def _sign(rng: np.random.Generator) -> int:
+    return 1 if rng.random() < 0.5 else -1
+
+
+def gaussian_noise(x, rng):
+    return x + rng.normal(0, rng.uniform(0.2, 0.35), x.shape)
+
+
+def salt_and_pepper(x, rng):
+    y = x.copy()
+    specks = rng.random(x.shape) < rng.uniform(0.06, 0.12)
+    y[specks] = rng.random(int(specks.sum())) < 0.5
+    return y
+
+
+def blur(x, rng):
+    return _float(_pil(x).filter(ImageFilter.GaussianBlur(rng.uniform(1.0, 1.6))))
+
+
+def motion_blur(x, rng):
+    angle, length = rng.uniform(0, math.pi), rng.uniform(4, 6)
+    steps = np.linspace(-length / 2, length / 2, 9)
+    return np.mean([_shift(x, s * math.cos(angle), s * math.sin(angle)) for s in steps], axis=0)
+
+
+def _shift(x, dx, dy):
+    image = _pil(x).transform((28, 28), Image.Transform.AFFINE, (1, 0, -dx, 0, 1, -dy), Image.Resampling.BILINEAR)
+    return _float(image)
+
+
+def fog(x, rng):
+    coarse = rng.random((4, 4)).astype(np.float32)
+    field = _float(_pil(coarse).resize((28, 28), Image.Resampling.BICUBIC))
+    return x + rng.uniform(0.4, 0.6) * field
+
+
+def low_contrast(x, rng):
+    return rng.uniform(0.3, 0.5) + rng.uniform(0.25, 0.4) * x
+
+
+def grey_background(x, rng):
+    level = rng.uniform(0.3, 0.6)
+    return level + (1 - level) * x
+
+
+def _line_image(points, width, dotted=False) -> np.ndarray:
+    canvas = Image.new("L", (28, 28))
+    draw = ImageDraw.Draw(canvas)
+    if dotted:
+        (x0, y0), (x1, y1) = points
+        for t in np.linspace(0, 1, 14):
+            cx, cy = x0 + t * (x1 - x0), y0 + t * (y1 - y0)
+            draw.ellipse((cx - width / 2, cy - width / 2, cx + width / 2, cy + width / 2), fill=255)
+    else:
+        draw.line([tuple(p) for p in points], fill=255, width=width)
+    return _float(canvas)
+
+
+def _across(rng):
+    """Two points on opposite sides of the frame, so a line between them crosses the digit's area."""
+    a, b = rng.uniform(4, 24, 2)
+    return [(0, a), (27, b)] if rng.random() < 0.5 else [(a, 0), (b, 27)]
+
+
+def dotted_line(x, rng):
+    return np.maximum(x, _line_image(_across(rng), 2, dotted=True))
+
+
+def zigzag(x, rng):
+    (x0, y0), (x1, y1) = _across(rng)
+    t = np.linspace(0, 1, 7)
+    px, py = x0 + t * (x1 - x0), y0 + t * (y1 - y0)
+    nx, ny = -(y1 - y0), x1 - x0
+    norm = math.hypot(nx, ny)
+    amp = rng.uniform(2, 4) * np.where(np.arange(7) % 2, 1, -1)
+    points = np.stack([px + amp * nx / norm, py + amp * ny / norm], axis=1)
+    return np.maximum(x, _line_image(points, 1))
+
+
+def stripes(x, rng):
+    period, phase = int(rng.integers(5, 8)), int(rng.integers(0, 5))
+    lines = np.zeros((28, 28), np.float32)
+    lines[phase::period] = rng.uniform(0.5, 0.8)
+    return np.maximum(x, lines if rng.random() < 0.5 else lines.T)
+
+
+def outlines(x, rng):
+    ink = _pil((x > 0.5).astype(np.float32))
+    grown = _float(ink.filter(ImageFilter.MaxFilter(3)))
+    return np.clip(grown - (x > 0.5), 0, 1)
+
+
+def shift(x, rng):
+    angle, dist = rng.uniform(0, 2 * math.pi), rng.uniform(3, 5)
+    return _shift(x, dist * math.cos(angle), dist * math.sin(angle))
+
+
+def rotate(x, rng):
+    a = math.radians(rng.uniform(20, 35) * _sign(rng))
+    return _affine(x, np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]]))
+
+
+def shear(x, rng):
+    s = rng.uniform(0.3, 0.5) * _sign(rng)
+    return _affine(x, np.array([[1, s], [0, 1]]) if rng.random() < 0.5 else np.array([[1, 0], [s, 1]]))
+
+
+def scale(x, rng):
+    zoom = rng.uniform(0.55, 0.7) if rng.random() < 0.5 else rng.uniform(1.15, 1.25)
+    return _affine(x, np.eye(2) / zoom)
+
+
+CORRUPTIONS = {f.__name__: f for f in (gaussian_noise, salt_and_pepper, blur, motion_blur, fog, low_contrast,
+                                       grey_background, dotted_line, zigzag, stripes, outlines, shift, rotate,
+                                       shear, scale)}
+
+
+def corrupt(images: np.ndarray, kind: str, seed: int) -> np.ndarray:
+    """uint8 [N, 28, 28] -> uint8 [N, 28, 28], image i corrupted with draws from (seed, kind, i)."""
+    out = np.empty_like(images)
+    kind_id = list(CORRUPTIONS).index(kind)
+    for i, image in enumerate(images):
+        rng = np.random.default_rng([seed, kind_id, i])
+        out[i] = np.clip(CORRUPTIONS[kind](image.astype(np.float32) / 255, rng) * 255, 0, 255).round()
+    return out
