@@ -1,4 +1,5 @@
-"""Batched, reproducible augmentation: small random affine warps (rotation, scale, shear, shift).
+"""Batched, reproducible augmentation: small random affine warps (rotation, scale, shear, shift) and the
+corruptions of real images (noise, specks, lines, outlines, blur).
 
 Each sample's warp parameters are drawn from a counter-based hash of (seed, epoch, index), like its number
 (`mnist_sum.batches` draws them once per epoch, on the device), so a resumed run, another process count or
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from mnist_sum.config import AugmentConfig
+from mnist_sum.streams import hashed
 
 
 def warp(images: torch.Tensor, cfg: AugmentConfig, u: torch.Tensor) -> torch.Tensor:
@@ -29,3 +31,55 @@ def warp(images: torch.Tensor, cfg: AugmentConfig, u: torch.Tensor) -> torch.Ten
     x = images.unsqueeze(1).float()
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False).squeeze(1)
+
+
+CORRUPTIONS = ("noise", "specks", "line", "outline", "blur")
+_PARAMS_KEY, _PIXELS_KEY = 2, 1  # hash keys apart from dropout's (0): the same sample key, independent draws
+
+
+def _keyed_uniforms(key: int, noise_key: torch.Tensor, count: int) -> torch.Tensor:
+    """[B, count] in [0, 1) from each sample's key: hash of (key, noise_key * count + j), 24 bits each."""
+    counter = noise_key.unsqueeze(1) * count + torch.arange(count, device=noise_key.device)
+    return (hashed(key, counter) & 0xFFFFFF).float() / 2.0**24
+
+
+def _blur_kernel(sigma: float, device: torch.device) -> torch.Tensor:
+    x = torch.arange(5, device=device, dtype=torch.float32) - 2
+    k = torch.exp(-x**2 / (2 * sigma**2))
+    k2 = torch.outer(k, k)
+    return (k2 / k2.sum()).view(1, 1, 5, 5)
+
+
+def corrupt(images: torch.Tensor, share: float, noise_key: torch.Tensor) -> torch.Tensor:
+    """float [B, 28, 28] in 0..255 -> the same with a `share` of the images given one of CORRUPTIONS (which one,
+    how strong, where: from each sample's noise_key, so a function of (seed, epoch, index) like its warp):
+    noise: uniform noise of 60-140 grey levels; specks: 4-14% of pixels set black or white; line: a line
+    across the image, straight or zigzag, solid or dotted; outline: the strokes' outer edge only; blur: a
+    Gaussian blur. What people and scanners do to digits (bench/robustness.py measures it with its own,
+    different corruptions)."""
+    b = images.shape[0]
+    u = _keyed_uniforms(_PARAMS_KEY, noise_key, 8)
+    v = _keyed_uniforms(_PIXELS_KEY, noise_key, 28 * 28).view(b, 28, 28) * 2 - 1
+    kind = torch.where(u[:, 0] < share, (u[:, 0] / share * len(CORRUPTIONS)).long(), -1)
+    s = u[:, 1].view(b, 1, 1)  # strength
+    noise = images + (60 + 80 * s) * v
+    specks = torch.where(v.abs() > 1 - (0.04 + 0.1 * s), (v > 0).float() * 255, images)
+    grid = (torch.arange(28, device=images.device, dtype=torch.float32) - 13.5) / 14
+    ys, xs = grid.view(1, 28, 1), grid.view(1, 1, 28)
+    angle = (u[:, 2] * math.pi).view(b, 1, 1)
+    along = -xs * torch.sin(angle) + ys * torch.cos(angle)
+    across = xs * torch.cos(angle) + ys * torch.sin(angle)
+    triangle = 2 * torch.abs(torch.remainder(along * 3 + u[:, 5].view(b, 1, 1), 1) - 0.5) - 0.5  # -0.5..0.5
+    wobble = (u[:, 4] > 0.5).view(b, 1, 1) * 0.2 * triangle  # half the lines zigzag
+    distance = torch.abs(across - (u[:, 3].view(b, 1, 1) - 0.5) * 1.2 - wobble) * 14  # pixels from the line
+    line = (150 + 105 * s) * torch.clamp(1.5 - distance, 0, 1)
+    dotted = (u[:, 6] > 0.5).view(b, 1, 1) & (torch.sin(along * 14 * 1.3) < 0)
+    line = torch.maximum(images, torch.where(dotted, 0.0, line))
+    ink = (images > 127).float().unsqueeze(1)
+    outline = (F.max_pool2d(ink, 3, 1, 1) - ink).squeeze(1) * 255
+    blurred = F.conv2d(images.unsqueeze(1), _blur_kernel(1.2, images.device), padding=2).squeeze(1)
+    blur = images + (0.6 + 0.4 * s) * (blurred - images)
+    out = images
+    for i, corrupted in enumerate((noise, specks, line, outline, blur)):
+        out = torch.where((kind == i).view(b, 1, 1), corrupted, out)
+    return out.clamp(0, 255)

@@ -65,11 +65,16 @@ class AugmentConfig:
     """Largest shear."""
     shift_px: float = 2.0
     """Largest shift in pixels, each axis."""
+    corrupt: float = 0.0
+    """Share of training images given one corruption (noise, specks, a line, outlines only, blur; see
+    mnist_sum/augment.py), whether or not they are warped: what makes the net read real images (README:
+    Robustness)."""
 
     def __post_init__(self) -> None:
         for key in ("rotate_deg", "scale", "shear", "shift_px"):
             _check(getattr(self, key) >= 0, f"augment.{key} must be >= 0, got {getattr(self, key)}", "0 turns it off")
         _check(self.scale < 1, f"augment.scale must be < 1, got {self.scale}", "e.g. 0.1")
+        _check(0 <= self.corrupt <= 1, f"augment.corrupt must be in [0, 1], got {self.corrupt}", "e.g. 0.3")
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 from accelerate import Accelerator
 
-from mnist_sum.augment import warp
+from mnist_sum.augment import corrupt, warp
 from mnist_sum.config import Config
 from mnist_sum.model import sum_loss
 
@@ -34,6 +34,8 @@ def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer
     images = batch["image"]
     if cfg.augment.enabled:  # each sample's warp is a function of (seed, epoch, index), like its number
         images = warp(images, cfg.augment, batch["warp"])
+    if cfg.augment.corrupt:  # so are its corruption and its noise (from its noise_key)
+        images = corrupt(images.float(), cfg.augment.corrupt, batch["noise_key"])
     digit_logits, sum_logits = model(images, batch["number"], batch["noise_key"])
     _, digit_ce, sum_ce = sum_loss(digit_logits, sum_logits, batch["label"], batch["number"],
                                    cfg.optim.label_smoothing, reduction="none")

@@ -285,3 +285,22 @@ def test_the_torch_hash_is_uint64_splitmix64_bit_for_bit():
     index = np.array([0, 2**31, 2**40], dtype=np.uint64)
     expected = _reference_splitmix64(index ^ np.uint64(key)) % np.uint64(10)
     assert pair_numbers(2**40, "train", 10**6, torch.from_numpy(index.view(np.int64))).tolist() == expected.tolist()
+
+
+def test_corruptions_are_a_function_of_each_samples_key_alone(mnist):
+    from mnist_sum.augment import CORRUPTIONS, corrupt
+
+    images = mnist["train"][0][:600].float()
+    keys = splitmix64(torch.arange(600))
+    out = corrupt(images, 0.5, keys)
+    # The same sample in another batch, alone or in another order: the same pixels (resume, process count).
+    assert torch.equal(corrupt(images[100:110].flip(0), 0.5, keys[100:110].flip(0)), out[100:110].flip(0))
+    assert torch.equal(corrupt(images, 0.0, keys), images) and out.min() >= 0 and out.max() <= 255
+    changed = (out != images).flatten(1).any(1).float().mean().item()
+    assert 0.42 < changed < 0.58  # about half, as asked
+    everything = corrupt(images, 1.0, keys)
+    assert (everything != images).flatten(1).any(1).all()
+    # Each of the five kinds appears: outlines leave no pixel of the stroke's inside, blur no sharp edge...
+    ink = images > 127
+    outlined = ((everything > 127) & ink).flatten(1).sum(1) == 0
+    assert 0.1 < outlined.float().mean().item() < 0.3 and len(CORRUPTIONS) == 5
