@@ -65,7 +65,7 @@ class AugmentConfig:
     """Largest shear."""
     shift_px: float = 2.0
     """Largest shift in pixels, each axis."""
-    corrupt: float = 0.0
+    corrupt: float = 0.3
     """Share of training images given one corruption (noise, specks, a line, outlines only, blur; see
     mnist_sum/augment.py), whether or not they are warped: what makes the net read real images (README:
     Robustness)."""
