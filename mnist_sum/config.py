@@ -394,7 +394,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 # Keys added after runs were saved, with the value that reproduces what those runs did. A run's own record
 # of its config (its config.yaml, a checkpoint, a weights file) lists every key it knew, so a key it lacks
 # means "as before the key existed", not today's default; a user's YAML may leave out anything.
-FORMER_DEFAULTS = {"model.sum_head": "mlp"}
+FORMER_DEFAULTS = {"model.sum_head": "mlp", "augment.corrupt": 0.0}
 
 
 # Keys that no longer exist, and why: a run's own saved config may still hold them (they are dropped from it);
