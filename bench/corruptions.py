@@ -81,7 +81,7 @@ def _line_image(points, width, dotted=False) -> np.ndarray:
     draw = ImageDraw.Draw(canvas)
     if dotted:
         (x0, y0), (x1, y1) = points
-        for t in np.linspace(0, 1, 14):
+        for t in np.linspace(0, 1, 9):  # dots about 3.4 px apart: gaps between them, as the name says
             cx, cy = x0 + t * (x1 - x0), y0 + t * (y1 - y0)
             draw.ellipse((cx - width / 2, cy - width / 2, cx + width / 2, cy + width / 2), fill=255)
     else:

@@ -3,21 +3,34 @@
 from __future__ import annotations
 
 import os
-import warnings
 from datetime import timedelta
 
 import torch
 from accelerate import Accelerator
+from accelerate.tracking import get_available_trackers
 from accelerate.utils import (
     DataLoaderConfiguration,
     DistributedDataParallelKwargs,
     InitProcessGroupKwargs,
+    LoggerType,
     ProjectConfiguration,
 )
 
 from mnist_sum.cpu import keep_freed_memory, set_threads
 from mnist_sum.errors import LaunchError, UsageError
 from mnist_sum.process_group import form_group
+
+
+def _check_trackers(names: list[str]) -> None:
+    """Every name one of Accelerate's trackers, and installed (Accelerate would drop a missing one silently)."""
+    known = [t.value for t in LoggerType if t != LoggerType.ALL]
+    available = {str(t) for t in get_available_trackers()}
+    for name in names:
+        if name not in known:
+            raise UsageError(f"tracking.log_with: unknown tracker {name!r}", f"choose from {', '.join(known)}")
+        if name not in available:
+            raise UsageError(f"tracking.log_with lists {name}, which is not installed here",
+                             f"pip install {name.replace('_', '-')}, or leave it out of tracking.log_with")
 
 
 def make_accelerator(log_with: list[str] | None = None, timeout_s: int = 300, cpu_threads: int = 0,
@@ -28,24 +41,21 @@ def make_accelerator(log_with: list[str] | None = None, timeout_s: int = 300, cp
     # `accelerate launch --multi_gpu` on a machine without GPUs would start independent single-process
     # runs; asking for the CPU makes them one data-parallel job over gloo instead.
     cpu = world > 1 and not torch.cuda.is_available()
+    _check_trackers(log_with or [])
     form_group(timeout_s)
-    # The logging folder (TensorBoard's) is the run folder's, set once that is known; Accelerate wants one now.
-    with warnings.catch_warnings():  # a tracker that is not installed is one line below; Accelerate's warning repeats it
-        warnings.filterwarnings("ignore", message=r"`log_with=.*` was passed but no supported trackers")
-        accelerator = Accelerator(
-            cpu=cpu, log_with=log_with or None, mixed_precision=mixed_precision,
-            project_config=ProjectConfiguration(logging_dir="tensorboard"),
-            # The data is divided by mnist_sum.batches, not by Accelerate; split_batches only makes the prepared
-            # LR schedule step once per optimizer step (without it, once per process).
-            dataloader_config=DataLoaderConfiguration(split_batches=True),
-            kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s)),
-                             # BatchNorm statistics are the global batch's on every process (layers.GlobalBatchNorm2d),
-                             # so the buffers agree already: no broadcast of rank 0's before every forward.
-                             DistributedDataParallelKwargs(broadcast_buffers=False)])
-    missing = [name for name in log_with or () if name not in {str(t) for t in accelerator.log_with}]
-    if missing:
-        raise UsageError(f"tracking.log_with lists {missing[0]}, which is not installed here",
-                         f"pip install {missing[0].replace('_', '-')}, or leave it out of tracking.log_with")
+    accelerator = Accelerator(
+        cpu=cpu, log_with=log_with or None, mixed_precision=mixed_precision,
+        # Accelerate takes TensorBoard's logging folder here, before the run folder is known (the processes agree
+        # on that through this Accelerator): a stand-in that mnist_sum.tracking.Tracker.start replaces with the
+        # run folder's before init_trackers reads it. Accelerate has no other place to give it later.
+        project_config=ProjectConfiguration(logging_dir="tensorboard"),
+        # The data is divided by mnist_sum.batches, not by Accelerate; split_batches only makes the prepared
+        # LR schedule step once per optimizer step (without it, once per process).
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s)),
+                         # BatchNorm statistics are the global batch's on every process (layers.GlobalBatchNorm2d),
+                         # so the buffers agree already: no broadcast of rank 0's before every forward.
+                         DistributedDataParallelKwargs(broadcast_buffers=False)])
     if accelerator.num_processes != world:
         raise LaunchError(f"launched {world} processes but Accelerate formed a group of {accelerator.num_processes}",
                           "check the accelerate launch flags (--multi_gpu, --num_processes, --num_machines)")

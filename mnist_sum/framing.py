@@ -104,6 +104,12 @@ def _without_rulings(ink: np.ndarray) -> np.ndarray:
     return keep if keep.max() >= BOX_THRESHOLD * ink.max() else ink
 
 
+def _digit_box(ink: np.ndarray) -> tuple[int, int, int, int]:
+    """[top, bottom) and [left, right) of the ink above BOX_THRESHOLD."""
+    rows, cols = np.nonzero(ink > BOX_THRESHOLD * ink.max())
+    return rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+
+
 def _centre_of_mass(frame: np.ndarray) -> tuple[float, float]:
     return ndimage.center_of_mass(frame)
 
@@ -128,8 +134,8 @@ def to_mnist(image: Image.Image) -> np.ndarray:
         raise UsageError("the image is blank (no digit found)", "pass an image with a digit in it")
     ink = _without_rulings(ink)
     ink *= 255.0 / ink.max()
-    rows, cols = np.nonzero(ink > BOX_THRESHOLD * 255)
-    crop = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    top, bottom, left, right = _digit_box(ink)
+    crop = ink[top:bottom, left:right]
     if _is_framed(ink, crop.shape):
         return ink.round().astype(np.uint8)
     scale = 20.0 / max(crop.shape)

@@ -125,7 +125,7 @@ class Tracker:
             # A resumed run hides the earlier sessions' events (a killed one may have logged past its checkpoint,
             # or not have flushed its last events) and logs the whole log up to the checkpoint again (_replay).
             init_kwargs["tensorboard"] = {"purge_step": 0} if step else {}
-        self.accelerator.project_configuration.logging_dir = str(self.run_dir / "tensorboard")
+        self.accelerator.project_configuration.logging_dir = str(self.run_dir / "tensorboard")  # see make_accelerator
         try:
             self.accelerator.init_trackers(cfg.wandb.project, init_kwargs=init_kwargs)
         except BaseException:

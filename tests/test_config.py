@@ -123,7 +123,7 @@ def test_a_saved_config_that_predates_a_key_keeps_its_former_meaning(tmp_path):
     assert load_config(tmp_path / "config.yaml", ["model.sum_head=bilinear"], saved=True).model.sum_head == "bilinear"
 
     state = LoopState(config=old, config_name="default", world_size=1)
-    _check_same_recipe(load_config(None, ["model.sum_head=mlp"]), state, tmp_path / "step_000010")
+    _check_same_recipe(load_config(None, ["model.sum_head=mlp", "augment.corrupt=0"]), state, tmp_path / "step_000010")
     with pytest.raises(UsageError, match=r"model.sum_head: 'mlp' -> 'bilinear'"):
         _check_same_recipe(load_config(None), state, tmp_path / "step_000010")
 

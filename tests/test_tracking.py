@@ -77,6 +77,17 @@ def test_tensorboard_event_file_holds_the_logged_metrics(smoke_run):
     assert len(logged) == 1 and len(board.Scalars("train/loss")) == 16
 
 
+def test_an_unknown_tracker_is_one_line_with_accelerates_names(tmp_path, capsys):
+    from conftest import ROOT, train_in_process
+
+    code, err = train_in_process(["--config", str(ROOT / "configs" / "smoke.yaml"), "tracking.log_with=[wandbb]",
+                                  f"run.dir={tmp_path / 'run'}"], capsys)
+    (line,) = err.strip().splitlines()
+    assert code == 2 and line.startswith("mnist-sum: error: tracking.log_with: unknown tracker 'wandbb' (choose from ")
+    assert {"wandb", "tensorboard", "mlflow"} <= set(line.split("choose from ")[1].rstrip(")").split(", "))
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_tracker_that_is_not_installed_is_one_line(capsys):
     from conftest import ROOT, train_in_process
 
