@@ -15,8 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from speed import alternate, setup  # noqa: E402
@@ -27,8 +25,7 @@ def main() -> None:
     parser.add_argument("--config", default="configs/quick.yaml")
     parser.add_argument("--precision", default="no", choices=["no", "bf16", "fp16"])
     args = parser.parse_args()
-    accelerator, cfg, stream, make_step = setup(args.config, args.precision)
-    sync = torch.accelerator.synchronize if accelerator.device.type != "cpu" else lambda: None
+    accelerator, cfg, sync, stream, make_step = setup(args.config, args.precision)
     steps, first = {"eager": make_step(), "compiled": make_step(compiled=True)}, {}
     for mode, step in steps.items():
         started = time.perf_counter()

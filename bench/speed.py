@@ -3,14 +3,10 @@
     python bench/speed.py                                   # quick recipe, fp32 and bf16, on the CPU or the GPU
     python bench/speed.py --config configs/default.yaml --precision bf16
 
-Device and mixed precision come from Accelerate, as in train.py (a GPU when there is one, autocast for it).
-One process times, in alternating windows so that both see the machine in the same moments:
-- ours: train.py's own `train_step` (mnist_sum.step) on the model, optimizer and LR schedule through
-  `accelerator.prepare`, with the batches, warps and dropout keys of mnist_sum.batches;
-- bare: the same model, optimizer and batches in a plain step (torch.autocast, backward, step), no Accelerate.
-The data path: an epoch of mnist_sum.batches against torchvision's MNIST with a per-sample `__getitem__` that
-draws a number and one-hots it, through a DataLoader of batch 128 (the usual tutorial pipeline).
-Prints one table; the ratio is ours / reference.
+Device and precision from Accelerate, as in train.py. One process per precision times, in alternating windows
+(both see the machine in the same moments), train.py's `train_step` (everything through `accelerator.prepare`)
+against a bare step on the same model and batches (autocast, backward, step); and an epoch of
+mnist_sum.batches against a per-sample pipeline (torchvision's MNIST, a DataLoader of batch 128).
 """
 
 from __future__ import annotations
@@ -30,25 +26,21 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from mnist_sum.accelerator import make_accelerator  # noqa: E402
-from mnist_sum.augment import warp  # noqa: E402
-from mnist_sum.batches import TrainBatches  # noqa: E402
-from mnist_sum.config import load_config  # noqa: E402
-from mnist_sum.data import load_splits, make_datasets  # noqa: E402
-from mnist_sum.model import build_model, sum_loss  # noqa: E402
-from mnist_sum.schedule import make_optimizer  # noqa: E402
-from mnist_sum.step import train_step  # noqa: E402
+from mnist_sum.accelerator import make_accelerator
+from mnist_sum.augment import corrupt, warp
+from mnist_sum.batches import TrainBatches
+from mnist_sum.config import PROJECT_ROOT, load_config
+from mnist_sum.data import load_splits, make_datasets
+from mnist_sum.model import build_model, sum_loss
+from mnist_sum.schedule import make_optimizer
+from mnist_sum.step import train_step
 
 
 def setup(config: str, precision: str):
-    """(accelerator, cfg, batches: an endless stream of train.py's batches, make_step(compiled) -> step())."""
-    accelerator = make_accelerator(mixed_precision=precision)
-    cfg = load_config(config)
-    train_set = make_datasets(cfg, load_splits(cfg))[0].to(accelerator.device)
-    batches = TrainBatches(train_set, cfg.train.global_batch_size, cfg.train.seed)
+    """(accelerator, cfg, sync, batches: an endless stream of train.py's batches, make_step(compiled) -> step)."""
+    accelerator, cfg = make_accelerator(mixed_precision=precision), load_config(config)
+    batches = TrainBatches(make_datasets(cfg, load_splits(cfg))[0].to(accelerator.device), cfg.train.global_batch_size,
+                           cfg.train.seed)
 
     def stream():
         for epoch in itertools.count():
@@ -62,7 +54,8 @@ def setup(config: str, precision: str):
         forward = torch.compile(model) if compiled else model
         return lambda batch: train_step(forward, batch, optimizer, scheduler, accelerator, cfg)
 
-    return accelerator, cfg, stream(), make_step
+    sync = torch.accelerator.synchronize if accelerator.device.type != "cpu" else lambda: None
+    return accelerator, cfg, sync, stream(), make_step
 
 
 def bare_step(accelerator, cfg):
@@ -74,6 +67,7 @@ def bare_step(accelerator, cfg):
 
     def step(batch) -> None:
         images = warp(batch["image"], cfg.augment, batch["warp"]) if cfg.augment.enabled else batch["image"]
+        images = corrupt(images.float(), cfg.augment.corrupt, batch["noise_key"]) if cfg.augment.corrupt else images
         with torch.autocast(accelerator.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             digit_logits, sum_logits = model(images, batch["number"], batch["noise_key"])
         sum_loss(digit_logits, sum_logits, batch["label"], batch["number"], cfg.optim.label_smoothing)[0].backward()
@@ -85,7 +79,7 @@ def bare_step(accelerator, cfg):
 
 def alternate(steps: dict, stream, batch_size: int, sync, rounds: int = 10, window: int = 20) -> dict[str, float]:
     """Median samples/s of each step function, timed in alternating windows (the first round warms up)."""
-    rates: dict[str, list[float]] = {name: [] for name in steps}
+    rates = {name: [] for name in steps}
     for round_ in range(rounds + 1):
         for name, step in steps.items():
             sync()
@@ -99,52 +93,39 @@ def alternate(steps: dict, stream, batch_size: int, sync, rounds: int = 10, wind
 
 
 def per_sample_pipeline(samples: int = 20_000) -> float:
+    """Samples/s of torchvision's MNIST whose per-sample __getitem__ also draws a number and one-hots it."""
     from torchvision import datasets, transforms
 
-    class PerSampleSum(torch.utils.data.Dataset):
-        def __init__(self, mnist) -> None:
-            self.mnist = mnist
-
-        def __len__(self) -> int:
-            return len(self.mnist)
-
-        def __getitem__(self, i: int):
-            image, label = self.mnist[i]
-            number = random.randint(0, 9)
-            return image, torch.nn.functional.one_hot(torch.tensor(number), 10).float(), label, label + number
+    def pair(label: int):
+        number = random.randint(0, 9)
+        return torch.nn.functional.one_hot(torch.tensor(number), 10).float(), label, label + number
 
     with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / "MNIST" / "raw"
-        raw.mkdir(parents=True)
-        for gz in (ROOT / "data" / "mnist").glob("*.gz"):
+        (raw := Path(tmp) / "MNIST" / "raw").mkdir(parents=True)
+        for gz in (PROJECT_ROOT / "data" / "mnist").glob("*.gz"):
             (raw / gz.stem).write_bytes(gzip.decompress(gz.read_bytes()))
-        mnist = datasets.MNIST(tmp, train=True, download=False, transform=transforms.ToTensor())
-        started, seen = time.perf_counter(), 0
-        for images, *_ in torch.utils.data.DataLoader(PerSampleSum(mnist), batch_size=128, shuffle=True):
-            seen += len(images)
-            if seen >= samples:
-                break
+        mnist = datasets.MNIST(tmp, transform=transforms.ToTensor(), target_transform=pair)
+        loader, started = torch.utils.data.DataLoader(mnist, batch_size=128, shuffle=True), time.perf_counter()
+        seen = sum(len(images) for images, _ in itertools.islice(loader, samples // 128))
         return seen / (time.perf_counter() - started)
 
 
-def device_batches(accelerator, cfg, sync) -> float:
-    """Samples/s of one epoch of train.py's batches (order, numbers, warps and dropout keys drawn on the device)."""
-    train_set = make_datasets(cfg, load_splits(cfg))[0].to(accelerator.device)
-    batches = TrainBatches(train_set, 128, seed=0)
-    started = time.perf_counter()
-    batches.set_epoch(0)
-    seen = sum(len(b["label"]) for b in batches.batches())
-    sync()
-    return seen / (time.perf_counter() - started)
-
-
-def step_row(config: str, precision: str) -> tuple:
-    accelerator, cfg, stream, make_step = setup(config, precision)
-    sync = torch.accelerator.synchronize if accelerator.device.type != "cpu" else lambda: None
-    rates = alternate({"ours": make_step(), "bare": bare_step(accelerator, cfg)}, stream, cfg.train.global_batch_size,
-                      sync)
-    name = "fp32" if precision == "no" else precision
-    return f"train_step {name}, alternating windows", rates["ours"], "bare step", rates["bare"]
+def rows(config: str, precision: str) -> tuple[str, list[tuple]]:
+    """This process's machine line and rows: the step in `precision`, and for fp32 also the data path."""
+    accelerator, cfg, sync, stream, make_step = setup(config, precision)
+    rate = alternate({"ours": make_step(), "bare": bare_step(accelerator, cfg)}, stream, cfg.train.global_batch_size, sync)
+    out = [(f"train_step {'fp32' if precision == 'no' else precision}, alternating windows", rate["ours"], "bare step",
+            rate["bare"])]
+    if precision == "no":  # one epoch of train.py's batches (order and per-sample draws made on the device)
+        batches = TrainBatches(make_datasets(cfg, load_splits(cfg))[0].to(accelerator.device), 128, seed=0)
+        started = time.perf_counter()
+        batches.set_epoch(0)
+        seen = sum(len(b["label"]) for b in batches.batches())
+        sync()
+        out.append(("data path, batch 128, one epoch", seen / (time.perf_counter() - started), "per-sample pipeline",
+                    per_sample_pipeline()))
+    device = torch.cuda.get_device_name() if accelerator.device.type == "cuda" else platform.processor() or "CPU"
+    return f"# {accelerator.device.type} ({device}), torch {torch.__version__}, config {config}", out
 
 
 def main() -> None:
@@ -154,20 +135,14 @@ def main() -> None:
     parser.add_argument("--row", action="store_true", help=argparse.SUPPRESS)  # one precision, as JSON
     args = parser.parse_args()
     if args.row:
-        return print(json.dumps(step_row(args.config, args.precision[0])))
-    rows = []
-    for precision in args.precision:  # each in a fresh process, as train.py runs (and Accelerate's state is global)
-        cmd = [sys.executable, __file__, "--config", args.config, "--precision", precision, "--row"]
-        rows.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1]))
-    accelerator, cfg, _, _ = setup(args.config, "no")
-    sync = torch.accelerator.synchronize if accelerator.device.type != "cpu" else lambda: None
-    rows.append(("data path, batch 128, one epoch", device_batches(accelerator, cfg, sync), "per-sample pipeline",
-                 per_sample_pipeline()))
-    device = torch.cuda.get_device_name() if accelerator.device.type == "cuda" else platform.processor() or "CPU"
-    print(f"# {accelerator.device.type} ({device}), torch {torch.__version__}, config {args.config}")
-    print(f"| {'what':<40} | {'ours (samples/s)':>16} | {'reference (samples/s)':>32} | {'ratio':>6} |")
+        return print(json.dumps(rows(args.config, args.precision[0])))
+    table = []  # each precision in a fresh process, as train.py runs (Accelerate's state is global)
+    for cmd in ([sys.executable, __file__, "--config", args.config, "--precision", p, "--row"] for p in args.precision):
+        machine, out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+        table += out
+    print(f"{machine}\n| {'what':<40} | {'ours (samples/s)':>16} | {'reference (samples/s)':>32} | {'ratio':>6} |")
     print(f"|{'-' * 42}|{'-' * 18}|{'-' * 34}|{'-' * 8}|")
-    for what, ours, ref_name, ref in rows:
+    for what, ours, ref_name, ref in table:
         print(f"| {what:<40} | {ours:>16,.0f} | {ref_name + ': ' + format(ref, ',.0f'):>32} | {ours / ref:>6.2f} |")
 
 
