@@ -15,11 +15,13 @@ import json
 import statistics
 from pathlib import Path
 
+from mnist_sum.results import read_results
+
 COLUMNS = ("digit_acc", "sum_acc", "exhaustive_sum_acc", "sum_acc_given_digit")
 
 
 def summarise(run_dir: Path) -> dict:
-    results = json.loads((run_dir / "results.json").read_text())
+    results = read_results(run_dir)
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     rates = [x["train/samples_per_s"] for x in lines if "train/samples_per_s" in x][1:]
     to_99 = next((x["train/elapsed_s"] for x in lines if "val/digit_acc" in x

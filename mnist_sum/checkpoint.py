@@ -1,10 +1,13 @@
-"""Checkpoints: when the loop takes them, and `step_NNNNNN/` folders written atomically, found and pruned by name.
+"""Checkpoints, in one object the loop calls once per step and once per epoch (`Checkpointer`, like
+torchtitan's CheckpointManager): when to save, what goes in, how it is written, and loading it back.
 
 A checkpoint is Accelerate's `save_state` (model, optimizer, scheduler, grad scaler, every process's
 RNG states) plus `best.safetensors` (the best-val weights so far, which the final test needs) and
 `meta.json` (the `LoopState`), written last, holding the loop position and the SHA-256 of every other
 file. Everything is written into `.tmp_step_NNNNNN/` and renamed when complete, so a folder named
 `step_*` with a `meta.json` whose hashes match is a whole checkpoint, whatever happened during the save.
+Hashes are checked when a checkpoint is loaded (and computed when it is written); pruning reads only the
+`meta.json` files, not the checkpoints themselves, so it costs the same at any model size.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
 from mnist_sum.config import CheckpointConfig
-from mnist_sum.errors import DamagedCheckpoint, UsageError
+from mnist_sum.errors import DamagedCheckpoint, Diverged, UsageError
 from mnist_sum.state import LoopState
 
 BEST = "best.safetensors"
@@ -43,6 +46,46 @@ class CheckpointPolicy:
     def after_epoch(self, state: LoopState) -> bool:
         """`state.epoch` is the number of epochs done."""
         return self.cfg.every_epoch or state.epoch == self.epochs
+
+
+class Checkpointer:
+    """Every checkpoint of one run. The loop calls `after_step` once per step and `after_epoch` once per epoch;
+    each decides (`CheckpointPolicy`) and, when due, saves:
+    - what: the loop state (with the metrics file's line count and the training time), the best-val weights,
+      Accelerate's `save_state`; the trainer's partial metrics window is logged first (`log_window`), so the
+      log of a resumed run has no gap; weights that became NaN or infinite are refused (`Diverged`);
+    - how: an atomic step_N folder with hashes, pruned to `keep_last`, and optionally a W&B artifact.
+    `load` restores a checkpoint into the prepared objects and returns its best-val weights."""
+
+    def __init__(self, cfg: CheckpointConfig, accelerator: Accelerator, run_dir: Path, policy: CheckpointPolicy,
+                 model: torch.nn.Module, tracker, log_window, train_time) -> None:
+        self.cfg, self.accelerator, self.run_dir, self.policy = cfg, accelerator, run_dir, policy
+        self.model, self.tracker = model, tracker
+        self.log_window, self.train_time = log_window, train_time  # callables of the trainer's window and clock
+
+    def after_step(self, state: LoopState, best_weights: dict[str, torch.Tensor], stop_requested: bool) -> Path | None:
+        return self.save(state, best_weights) if self.policy.after_step(state, stop_requested) else None
+
+    def after_epoch(self, state: LoopState, best_weights: dict[str, torch.Tensor]) -> Path | None:
+        return self.save(state, best_weights) if self.policy.after_epoch(state) else None
+
+    def save(self, state: LoopState, best_weights: dict[str, torch.Tensor]) -> Path:
+        """Checkpoint the exact loop position (mid-epoch, or after an epoch's validation)."""
+        self.log_window()
+        weights = self.model.state_dict().values()
+        if not all(torch.isfinite(t).all() for t in weights if t.is_floating_point()):
+            raise Diverged(f"the weights became NaN or infinite by step {state.step}; no checkpoint holds them", state.step)
+        state.metrics_lines, state.train_time_s = self.tracker.lines, self.train_time()
+        folder = save_checkpoint(self.accelerator, self.run_dir, state, best_weights, self.cfg.keep_last)
+        if self.cfg.wandb_artifacts:
+            self.tracker.log_checkpoint(folder, state.step)
+        return folder
+
+    def load(self, checkpoint: Path) -> dict[str, torch.Tensor]:
+        """Model, optimizer, schedule, grad scaler and this process's RNG from `checkpoint` (verified when the run
+        folder was opened); returns its best-val weights."""
+        self.accelerator.load_state(str(checkpoint))
+        return load_best(checkpoint)
 
 
 def _sha256(path: Path) -> str:
@@ -91,19 +134,21 @@ def check_checkpoint(path: Path) -> LoopState:
     return state
 
 
-def _is_whole(path: Path) -> bool:
+def _is_finished(path: Path) -> bool:
+    """A checkpoint whose save finished: its meta.json, written last, reads. Its files are not re-hashed here:
+    they were hashed as they were written, and are checked again when the checkpoint is loaded."""
     try:
-        check_checkpoint(path)
+        LoopState.read(path)
         return True
     except DamagedCheckpoint:
         return False
 
 
 def prune(run_dir: Path, keep_last: int) -> None:
-    """Keep the newest `keep_last` whole checkpoints (at least one); delete older whole ones, and damaged
-    ones older than the newest whole one (nothing can resume from them)."""
+    """Keep the newest `keep_last` finished checkpoints (at least one); delete older finished ones, and
+    unfinished ones older than the newest finished one (nothing can resume from them)."""
     numbered = _numbered(run_dir)
-    whole = [p for _, p in numbered if _is_whole(p)]
+    whole = [p for _, p in numbered if _is_finished(p)]
     if not whole:
         return
     keep = set(whole[-max(1, keep_last):])

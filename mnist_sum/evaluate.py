@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from mnist_sum.accelerator import make_accelerator
@@ -10,6 +9,7 @@ from mnist_sum.batches import EvalBatches
 from mnist_sum.config import load_config
 from mnist_sum.data import load_splits, make_datasets
 from mnist_sum.outputs import load_weights, resolve_weights
+from mnist_sum.results import read_results
 from mnist_sum.scoring import gather_predictions, metrics
 
 
@@ -22,7 +22,7 @@ def evaluate_weights(target: str, batch_size: int | None = None, mixed_precision
     # The run's own config decides the data source and the (image, number) pairs; bare weights use the defaults.
     cfg = load_config(run_dir / "config.yaml" if run_dir else None, saved=run_dir is not None)
     if mixed_precision is None and run_dir and (run_dir / "results.json").is_file():
-        mixed_precision = json.loads((run_dir / "results.json").read_text()).get("mixed_precision")
+        mixed_precision = read_results(run_dir).get("mixed_precision")
     accelerator = make_accelerator(mixed_precision=mixed_precision)
     _, val_set, test_set = make_datasets(cfg, load_splits(cfg))
     dataset = (val_set if split == "val" else test_set).to(accelerator.device)

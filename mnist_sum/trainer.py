@@ -8,17 +8,12 @@ handlers and ends the Accelerator's run.
 
 from __future__ import annotations
 
-import platform
-import resource
 import signal
-import subprocess
-import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import accelerate
 import torch
 import yaml
 from accelerate import Accelerator
@@ -27,10 +22,11 @@ from tqdm.auto import tqdm
 
 from mnist_sum.accelerator import make_accelerator, use_deterministic_algorithms
 from mnist_sum.batches import EvalBatches, TrainBatches
-from mnist_sum.checkpoint import CheckpointPolicy, load_best, save_checkpoint
-from mnist_sum.config import PROJECT_ROOT, Config
+from mnist_sum.checkpoint import Checkpointer, CheckpointPolicy
+from mnist_sum.clock import RunClock
+from mnist_sum.config import Config
 from mnist_sum.data import load_splits, make_datasets
-from mnist_sum.errors import Diverged, Stopped, UsageError
+from mnist_sum.errors import Stopped, UsageError
 from mnist_sum.files import write_json, write_text
 from mnist_sum.flops import count_flops
 from mnist_sum.model import build_model
@@ -38,6 +34,7 @@ from mnist_sum.outputs import save_predictions, save_weights
 from mnist_sum.peers import peers_watched
 from mnist_sum.plots import write_plots
 from mnist_sum.ranks import check_world, main_decides, same_buffers
+from mnist_sum.results import Results, git_state, results_record
 from mnist_sum.runs import open_run
 from mnist_sum.schedule import make_optimizer
 from mnist_sum.scoring import Predictions, gather_predictions, metrics
@@ -48,7 +45,7 @@ from mnist_sum.tracking import Tracker, tracker_names
 from mnist_sum.window import TrainMetricsWindow
 
 
-def train(cfg: Config, config_name: str = "default", resume: str | None = None) -> dict[str, Any]:
+def train(cfg: Config, config_name: str = "default", resume: str | None = None) -> Results:
     """Train, select on val, score test once; returns the results written to results.json.
 
     `resume`: None (a new run folder), "auto" (the newest whole checkpoint of the run folder, if any) or
@@ -78,7 +75,7 @@ class Trainer:
     def __init__(self, cfg: Config, config_name: str, resume: str | None, accelerator: Accelerator,
                  on_exit: ExitStack, started: float) -> None:
         self.cfg, self.accelerator = cfg, accelerator
-        self.clock = {"start": started}  # perf_counter() at the start of each phase of this session
+        self.clock = RunClock(started)
         check_world(cfg, accelerator.num_processes)
         if cfg.train.deterministic:
             use_deterministic_algorithms()
@@ -104,22 +101,24 @@ class Trainer:
         self.model = accelerator.unwrap_model(self.ddp_model)
         if cfg.train.compile:  # the steps run the compiled module; checkpoints and evaluation the plain one
             self.ddp_model = torch.compile(self.ddp_model)
+        self.tracker = on_exit.enter_context(Tracker(accelerator, self.run_dir))
+        self.window = TrainMetricsWindow(accelerator.device)
+        self.checkpointer = Checkpointer(cfg.checkpoint, accelerator, self.run_dir,
+                                         CheckpointPolicy(cfg.checkpoint, cfg.train.epochs, self.steps_per_epoch),
+                                         self.model, self.tracker, self._log_pending_window, self.clock.train_time)
         self.state, self.best_weights = self._resume(opened.checkpoint, opened.state, config_name)
 
-        self.tracker = on_exit.enter_context(Tracker(accelerator, self.run_dir))
         self.git = git_state()  # once: W&B and results.json record the same answer
         self.state.wandb_run_id = self.tracker.start(cfg, cfg.to_dict() | {"git": self.git}, self.run_dir.name,
                                                      self.state.wandb_run_id, self.state.step)
         self.stop = on_exit.enter_context(StopRequest(accelerator))
-        self.policy = CheckpointPolicy(cfg.checkpoint, cfg.train.epochs, self.steps_per_epoch)
-        self.window = TrainMetricsWindow(accelerator.device)
         accelerator.print(
             f"mnist-sum: {len(self.train_set)} train / {len(self.val_set)} val / {len(self.test_set)} test images, "
             f"{accelerator.num_processes} process(es) on {accelerator.device}, mixed precision "
             f"{accelerator.mixed_precision}, {cfg.train.epochs} epochs x {self.steps_per_epoch} steps of "
             f"{cfg.train.global_batch_size}")
-        self._time_before = self.state.train_time_s  # spent in earlier sessions of this run
-        self.clock["train"] = time.perf_counter()
+        self.clock.trained_before = self.state.train_time_s  # earlier sessions of this run
+        self.clock.mark("train")
 
     def _load_data(self) -> None:
         """The three splits, decoded once on the main process first (it may download or build a cache), then kept
@@ -144,18 +143,14 @@ class Trainer:
         world = self.accelerator.num_processes
         if checkpoint is None or state is None:
             return LoopState(config=self.cfg.to_dict(), config_name=config_name, world_size=world), {}
-        self.accelerator.load_state(str(checkpoint))  # model, optimizer, schedule, grad scaler, this process's RNG
+        best_weights = self.checkpointer.load(checkpoint)
         if state.world_size != world:
             self.accelerator.print(
                 f"mnist-sum: note: the checkpoint was written by {state.world_size} process(es); the run continues "
                 "with the same global batches and the same function, but sums are reduced in another order, so it "
                 "matches an uninterrupted run up to float rounding, not bit for bit")
         state.config, state.world_size = self.cfg.to_dict(), world  # as the next checkpoint will record them
-        return state, load_best(checkpoint)
-
-    def train_time(self) -> float:
-        """Seconds of training and validation, over every session of the run."""
-        return self._time_before + time.perf_counter() - self.clock["train"]
+        return state, best_weights
 
     def train_epoch(self) -> None:
         """Train the current epoch's remaining steps; a stop request checkpoints and raises `Stopped`.
@@ -180,8 +175,7 @@ class Trainer:
                 if state.step % cfg.train.log_every == 0 or state.batches_done == self.steps_per_epoch:
                     bar.set_postfix(loss=f"{self._log_train_window()['train/loss']:.4f}")
                     stop = self.stop.agreed()
-                if self.policy.after_step(state, stop_requested=stop):
-                    checkpoint = self.save_checkpoint()
+                checkpoint = self.checkpointer.after_step(state, self.best_weights, stop_requested=stop)
                 if stop:
                     raise Stopped(state.step, checkpoint, self.run_dir, self.stop.signum or signal.SIGTERM)
 
@@ -195,6 +189,11 @@ class Trainer:
         out, flops = count_flops(step)
         self.state.flops_per_sample = flops / len(batch["label"])  # this process's slice of the global batch
         return out
+
+    def _log_pending_window(self) -> None:
+        """Log the partial window before a checkpoint, so the resumed run's log has no gap."""
+        if self.window.pending:
+            self._log_train_window()
 
     def _log_train_window(self) -> dict[str, float]:
         logged = self.window.flush(self.accelerator, self.scheduler.get_last_lr()[0],
@@ -217,7 +216,7 @@ class Trainer:
         preds = gather_predictions(self.model, self.val_batches, accelerator, exhaustive=True)
         val = metrics(preds)
         self.tracker.log({f"val/{k}": v for k, v in val.items()}
-                         | {"epoch": state.epoch + 1, "train/elapsed_s": self.train_time()}, state.step)
+                         | {"epoch": state.epoch + 1, "train/elapsed_s": self.clock.train_time()}, state.step)
         self.tracker.log_examples(preds, self.val_set.images, "val", self.cfg.wandb.num_examples, state.step)
         better = not state.best_val or val["joint_acc"] >= state.best_val["joint_acc"]
         if better:
@@ -225,33 +224,17 @@ class Trainer:
             self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         accelerator.print(
             f"epoch {state.epoch + 1}/{self.cfg.train.epochs}: val digit {val['digit_acc']:.2%} sum {val['sum_acc']:.2%} "
-            f"loss {val['loss']:.4f}{'  (best)' if better else ''}  [{time.perf_counter() - self.clock['train']:.0f}s]")
+            f"loss {val['loss']:.4f}{'  (best)' if better else ''}  [{time.perf_counter() - self.clock.marks['train']:.0f}s]")
 
     def end_epoch(self) -> None:
         self.state.epoch, self.state.batches_done = self.state.epoch + 1, 0
-        if self.policy.after_epoch(self.state):
-            self.save_checkpoint()
-
-    def save_checkpoint(self) -> Path:
-        """Checkpoint the exact loop position (mid-epoch, or after an epoch's validation)."""
-        if self.window.pending:  # log the partial window, so the resumed run's log has no gap
-            self._log_train_window()
-        weights = self.model.state_dict().values()
-        if not all(torch.isfinite(t).all() for t in weights if t.is_floating_point()):
-            raise Diverged(f"the weights became NaN or infinite by step {self.state.step}; no checkpoint holds them",
-                           self.state.step)
-        self.state.metrics_lines, self.state.train_time_s = self.tracker.lines, self.train_time()
-        folder = save_checkpoint(self.accelerator, self.run_dir, self.state, self.best_weights,
-                                 self.cfg.checkpoint.keep_last)
-        if self.cfg.checkpoint.wandb_artifacts:
-            self.tracker.log_checkpoint(folder, self.state.step)
-        return folder
+        self.checkpointer.after_epoch(self.state, self.best_weights)
 
     def end_loop(self) -> None:
         """Training is over: its time is fixed, and a signal ends the run as usual (nothing left to checkpoint)."""
         self.stop.restore()
-        self.state.train_time_s = self.train_time()
-        self.clock["test"] = time.perf_counter()
+        self.clock.mark("test")
+        self.state.train_time_s = self.clock.train_time()
 
     def test(self) -> tuple[dict[str, Any], Predictions]:
         """Score the test split, once, on the selected (best-val) weights."""
@@ -262,40 +245,16 @@ class Trainer:
         self.tracker.summary({f"test/{k}": v for k, v in test.items()})
         return test, preds
 
-    def write_outputs(self, test: dict[str, Any], preds: Predictions) -> dict[str, Any]:
+    def write_outputs(self, test: dict[str, Any], preds: Predictions) -> Results:
         """model.safetensors, test_predictions.csv, the plots and, last, results.json (main process); returns the
         results."""
-        state, run_dir = self.state, self.run_dir
-        self.clock["outputs"] = time.perf_counter()
+        run_dir = self.run_dir
+        self.clock.mark("outputs")
         if self.accelerator.is_main_process:
             save_weights(run_dir / "model.safetensors", self.model, self.cfg.model)
             save_predictions(run_dir / "test_predictions.csv", preds)
             write_plots(run_dir, preds)
-        # Every sample of every step, on all processes (a resumed run counts the steps of earlier sessions too).
-        train_flops = state.flops_per_sample * state.step * self.cfg.train.global_batch_size
-        now = time.perf_counter()
-        results = {
-            "config": state.config_name,
-            "test": test,
-            "best_val": state.best_val,
-            "steps": state.step,
-            "epochs": self.cfg.train.epochs,
-            "global_batch_size": self.cfg.train.global_batch_size,
-            "resumed_from": self.resumed_from,
-            "train_time_s": round(state.train_time_s, 2),
-            "flops_per_sample": state.flops_per_sample,
-            "train_flops": train_flops,
-            "train_flops_per_s": train_flops / state.train_time_s,
-            "skipped_steps": state.skipped_steps,
-            "wall_time_s": round(now - self.clock["start"], 2),
-            # This session's phases: what a run costs besides training (process start-up comes before them).
-            "phases_s": {"setup": round(self.clock["train"] - self.clock["start"], 2),
-                         "train": round(self.clock["test"] - self.clock["train"], 2),
-                         "test": round(self.clock["outputs"] - self.clock["test"], 2),
-                         "outputs": round(now - self.clock["outputs"], 2)},
-            "git": self.git,
-            **environment(self.accelerator),
-        }
+        results = results_record(self.cfg, self.state, test, self.clock, self.resumed_from, self.git, self.accelerator)
         self.tracker.summary({k: results[k] for k in ("train_flops", "train_flops_per_s", "flops_per_sample")})
         if self.accelerator.is_main_process:
             write_json(run_dir / "results.json", results)
@@ -305,35 +264,3 @@ class Trainer:
             f"exhaustive sum {test['exhaustive_sum_acc']:.2%}  ({test['num_samples']} images, "
             f"{results['wall_time_s']:.0f}s)\nmnist-sum: results in {run_dir / 'results.json'}")
         return results
-
-
-def git_state(root: Path = PROJECT_ROOT) -> dict[str, Any] | None:
-    """The commit the code ran from and whether the tree differed from it (uncommitted or untracked files);
-    None outside a git checkout or without git."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True).stdout
-
-    try:
-        return {"commit": git("rev-parse", "HEAD").strip(), "dirty": bool(git("status", "--porcelain").strip())}
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    """The most memory this process held: on an accelerator its allocator's peak, on the CPU the peak resident
-    size of the whole process (Python, data and all)."""
-    if device.type == "cpu":
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    return torch.accelerator.max_memory_allocated(device)
-
-
-def environment(accelerator: Accelerator) -> dict[str, Any]:
-    device = accelerator.device
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    return {
-        "world_size": accelerator.num_processes,
-        "device": f"{device.type} ({name})",
-        "mixed_precision": accelerator.mixed_precision,
-        "peak_memory_mb": round(peak_memory_bytes(device) / 2**20, 1),
-        "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "accelerate": accelerate.__version__},
-    }

@@ -31,7 +31,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mnist_sum import trainer as trainer_module
-from mnist_sum.config import load_config
+from mnist_sum.config import PROJECT_ROOT, load_config
 
 HOST_WAITS = {"aten._local_scalar_dense", "aten.is_nonzero", "aten.equal", "aten.nonzero", "aten.masked_select",
               "aten._unique2", "aten.unique_dim", "aten.unique_consecutive"}
@@ -65,12 +65,12 @@ def set_sync_debug() -> None:
 calls = {"_log_train_window": 0, "agreed": 0, "save_checkpoint": 0}
 
 
-def at_log_steps(method):
+def at_log_steps(method, name=None):
     """Log steps may read the host: pause recording inside them; start recording after the first one. Calls are
     counted, so the test sees that the stop request is asked only when a line is logged."""
     def wrapped(*args, **kwargs):
         if not recorder.paused:
-            calls[method.__name__] += 1
+            calls[name or method.__name__] += 1
         recorder.paused += 1
         set_sync_debug()
         try:
@@ -83,12 +83,12 @@ def at_log_steps(method):
 
 
 out, *overrides = sys.argv[1:]  # OUT [--config FILE] [section.key=value ...]; the smoke recipe by default
-config = trainer_module.PROJECT_ROOT / "configs" / "smoke.yaml"
+config = PROJECT_ROOT / "configs" / "smoke.yaml"
 if overrides[:1] == ["--config"]:
     config, overrides = overrides[1], overrides[2:]
 Trainer = trainer_module.Trainer
 Trainer._log_train_window = at_log_steps(Trainer._log_train_window)
-Trainer.save_checkpoint = at_log_steps(Trainer.save_checkpoint)
+trainer_module.Checkpointer.save = at_log_steps(trainer_module.Checkpointer.save, "save_checkpoint")
 trainer_module.StopRequest.agreed = at_log_steps(trainer_module.StopRequest.agreed)
 
 cfg = load_config(config, overrides)
