@@ -115,15 +115,14 @@ def test_a_saved_config_that_predates_a_key_keeps_its_former_meaning(tmp_path):
     # A run's config.yaml and checkpoints list every key the code had; runs saved before the bilinear sum head
     # trained the MLP, so resuming one must rebuild the MLP (a user's YAML without the key gets today's default).
     old = load_config(None).to_dict()
-    del old["model"]["sum_head"], old["augment"]["corrupt"]
+    del old["model"]["sum_head"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
-    former = load_config(tmp_path / "config.yaml", saved=True)
-    assert former.model.sum_head == "mlp" and former.augment.corrupt == 0.0  # no corruptions before they existed
+    assert load_config(tmp_path / "config.yaml", saved=True).model.sum_head == "mlp"
     assert load_config(tmp_path / "config.yaml").model.sum_head == "bilinear"
     assert load_config(tmp_path / "config.yaml", ["model.sum_head=bilinear"], saved=True).model.sum_head == "bilinear"
 
     state = LoopState(config=old, config_name="default", world_size=1)
-    _check_same_recipe(load_config(None, ["model.sum_head=mlp", "augment.corrupt=0"]), state, tmp_path / "step_000010")
+    _check_same_recipe(load_config(None, ["model.sum_head=mlp"]), state, tmp_path / "step_000010")
     with pytest.raises(UsageError, match=r"model.sum_head: 'mlp' -> 'bilinear'"):
         _check_same_recipe(load_config(None), state, tmp_path / "step_000010")
 
