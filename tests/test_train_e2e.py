@@ -171,6 +171,7 @@ def test_a_global_batch_smaller_than_the_process_count_is_refused(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow  # bf16 on the CPU: emulated, and 7x slower than fp32, on CPUs without AVX512-BF16 (README)
 def test_accelerate_config_file_launches(tmp_path):
     # Exactly the README's command: the config file alone decides processes and precision (bf16).
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "accelerate_config.yaml"),
