@@ -48,7 +48,7 @@ class Results(TypedDict):
 
 def results_record(cfg: Config, state: LoopState, test: dict[str, Any], clock: RunClock, resumed_from: str | None,
                    git: dict[str, Any] | None, accelerator: Accelerator) -> Results:
-    import accelerate
+    import accelerate  # here: reading records (bench/table.py) stays free of torch (module docstring)
     import torch
 
     train_flops = state.flops_per_sample * state.step * cfg.train.global_batch_size
