@@ -129,6 +129,7 @@ def test_sigkill_in_epoch_2_then_resume_is_byte_identical(reference, tmp_path):
         (step, pytest.approx(loss)) for step, loss in logged]
 
 
+@pytest.mark.slow  # the default pytest's budget; the SIGKILL resume above stays in it (2 processes: SIGTERM in slow)
 def test_sigterm_saves_a_checkpoint_and_resumes_byte_identical(reference, tmp_path):
     ref = reference(1)
     stopped = _interrupt(tmp_path / "run", signal.SIGTERM)
