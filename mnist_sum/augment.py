@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from mnist_sum.config import AugmentConfig
-from mnist_sum.streams import hashed
+from mnist_sum.streams import keyed_uniforms
 
 
 def warp(images: torch.Tensor, cfg: AugmentConfig, u: torch.Tensor) -> torch.Tensor:
@@ -35,12 +35,6 @@ def warp(images: torch.Tensor, cfg: AugmentConfig, u: torch.Tensor) -> torch.Ten
 
 CORRUPTIONS = ("noise", "specks", "line", "outline", "blur")
 _PARAMS_KEY, _PIXELS_KEY = 2, 1  # hash keys apart from dropout's (0): the same sample key, independent draws
-
-
-def _keyed_uniforms(key: int, noise_key: torch.Tensor, count: int) -> torch.Tensor:
-    """[B, count] in [0, 1) from each sample's key: hash of (key, noise_key * count + j), 24 bits each."""
-    counter = noise_key.unsqueeze(1) * count + torch.arange(count, device=noise_key.device)
-    return (hashed(key, counter) & 0xFFFFFF).float() / 2.0**24
 
 
 def _gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -63,8 +57,8 @@ def corrupt(images: torch.Tensor, share: float, noise_key: torch.Tensor) -> torc
     Gaussian blur. What people and scanners do to digits (bench/robustness.py measures it with its own,
     different corruptions)."""
     b = images.shape[0]
-    u = _keyed_uniforms(_PARAMS_KEY, noise_key, 8)
-    v = _keyed_uniforms(_PIXELS_KEY, noise_key, 28 * 28).view(b, 28, 28) * 2 - 1
+    u = keyed_uniforms(_PARAMS_KEY, noise_key, 8)
+    v = keyed_uniforms(_PIXELS_KEY, noise_key, 28 * 28).view(b, 28, 28) * 2 - 1
     kind = torch.where(u[:, 0] < share, (u[:, 0] / share * len(CORRUPTIONS)).long(), -1)
     s = u[:, 1].view(b, 1, 1)  # strength
     noise = images + (60 + 80 * s) * v

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from mnist_sum.streams import hashed
+from mnist_sum.streams import keyed_uniforms
 
 
 class _SumOverProcesses(torch.autograd.Function):
@@ -83,8 +83,5 @@ class KeyedDropout(nn.Dropout):
             return x
         if noise_key is None:
             raise ValueError("KeyedDropout in training needs the batch's noise_key")
-        width = x[0].numel()
-        counter = noise_key.unsqueeze(1) * width + torch.arange(width, device=x.device)
-        u = (hashed(0, counter) & 0xFFFFFF).float() / 2.0**24  # 24 random bits: exact in float32
-        keep = (u >= self.p).view_as(x)
+        keep = (keyed_uniforms(0, noise_key, x[0].numel()) >= self.p).view_as(x)
         return x * keep / (1.0 - self.p)

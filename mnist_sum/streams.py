@@ -80,3 +80,11 @@ def uniforms(key: int, index: torch.Tensor, count: int) -> torch.Tensor:
     counter = index.long().unsqueeze(1) * count + torch.arange(count, device=index.device)
     bits = _shr(hashed(key, counter), 11)
     return (bits.double() / 2.0**52 - 1.0).float()
+
+
+def keyed_uniforms(key: int, sample_keys: torch.Tensor, count: int) -> torch.Tensor:
+    """[B, count] in [0, 1), `count` draws per sample from its own key ([B] int64, e.g. a batch's noise_key):
+    24 bits of hash of (key, sample_key * count + j) each, exact in float32. Dropout masks (key 0) and the
+    corruptions (keys 1 and 2) draw from the same sample key with different `key`s."""
+    counter = sample_keys.unsqueeze(1) * count + torch.arange(count, device=sample_keys.device)
+    return (hashed(key, counter) & 0xFFFFFF).float() / 2.0**24
