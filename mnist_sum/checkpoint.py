@@ -22,9 +22,11 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
+from mnist_sum.clock import RunClock
 from mnist_sum.config import CheckpointConfig
 from mnist_sum.errors import DamagedCheckpoint, Diverged, UsageError
 from mnist_sum.state import LoopState
+from mnist_sum.window import TrainLog
 
 BEST = "best.safetensors"
 _NAME = re.compile(r"^step_(\d+)$")
@@ -52,16 +54,16 @@ class Checkpointer:
     """Every checkpoint of one run. The loop calls `after_step` once per step and `after_epoch` once per epoch;
     each decides (`CheckpointPolicy`) and, when due, saves:
     - what: the loop state (with the metrics file's line count and the training time), the best-val weights,
-      Accelerate's `save_state`; the trainer's partial metrics window is logged first (`log_window`), so the
-      log of a resumed run has no gap; weights that became NaN or infinite are refused (`Diverged`);
+      Accelerate's `save_state`; the partial train metrics window is logged first, so the log of a resumed run
+      has no gap; weights that became NaN or infinite are refused (`Diverged`);
     - how: an atomic step_N folder with hashes, pruned to `keep_last`, and optionally a W&B artifact.
     `load` restores a checkpoint into the prepared objects and returns its best-val weights."""
 
-    def __init__(self, cfg: CheckpointConfig, accelerator: Accelerator, run_dir: Path, policy: CheckpointPolicy,
-                 model: torch.nn.Module, tracker, log_window, train_time) -> None:
-        self.cfg, self.accelerator, self.run_dir, self.policy = cfg, accelerator, run_dir, policy
-        self.model, self.tracker = model, tracker
-        self.log_window, self.train_time = log_window, train_time  # callables of the trainer's window and clock
+    def __init__(self, cfg: CheckpointConfig, policy: CheckpointPolicy, accelerator: Accelerator, run_dir: Path,
+                 network: torch.nn.Module, train_log: TrainLog, clock: RunClock) -> None:
+        self.cfg, self.policy, self.accelerator, self.run_dir = cfg, policy, accelerator, run_dir
+        self.network, self.train_log, self.clock = network, train_log, clock
+        self.tracker = train_log.tracker
 
     def after_step(self, state: LoopState, best_weights: dict[str, torch.Tensor], stop_requested: bool) -> Path | None:
         return self.save(state, best_weights) if self.policy.after_step(state, stop_requested) else None
@@ -71,11 +73,11 @@ class Checkpointer:
 
     def save(self, state: LoopState, best_weights: dict[str, torch.Tensor]) -> Path:
         """Checkpoint the exact loop position (mid-epoch, or after an epoch's validation)."""
-        self.log_window()
-        weights = self.model.state_dict().values()
+        self.train_log.flush_pending(state)
+        weights = self.network.state_dict().values()
         if not all(torch.isfinite(t).all() for t in weights if t.is_floating_point()):
             raise Diverged(f"the weights became NaN or infinite by step {state.step}; no checkpoint holds them", state.step)
-        state.metrics_lines, state.train_time_s = self.tracker.lines, self.train_time()
+        state.metrics_lines, state.train_time_s = self.tracker.lines, self.clock.train_time()
         folder = save_checkpoint(self.accelerator, self.run_dir, state, best_weights, self.cfg.keep_last)
         if self.cfg.wandb_artifacts:
             self.tracker.log_checkpoint(folder, state.step)

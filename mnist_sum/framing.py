@@ -110,16 +110,12 @@ def _digit_box(ink: np.ndarray) -> tuple[int, int, int, int]:
     return rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
 
 
-def _centre_of_mass(frame: np.ndarray) -> tuple[float, float]:
-    return ndimage.center_of_mass(frame)
-
-
 def _is_framed(ink: np.ndarray, box: tuple[int, int]) -> bool:
     """A 28x28 image already framed as MNIST is: its box 20 px and its centre of mass in the middle. It is kept
     as it is: framing it again would move half of the MNIST digits by a pixel (their centres lie anywhere in
     [13.5, 14.5], and a 1-pixel shift costs a fast net without augmentation 0.3-0.5%)."""
     return ink.shape == (28, 28) and 19 <= max(box) <= 21 and all(
-        abs(c - MNIST_CENTRE) <= 1 for c in _centre_of_mass(ink))
+        abs(c - MNIST_CENTRE) <= 1 for c in ndimage.center_of_mass(ink))
 
 
 def to_mnist(image: Image.Image) -> np.ndarray:
@@ -144,5 +140,5 @@ def to_mnist(image: Image.Image) -> np.ndarray:
     frame = np.zeros((28, 28), dtype=np.float32)
     top, left = (28 - size[1]) // 2, (28 - size[0]) // 2
     frame[top:top + size[1], left:left + size[0]] = small
-    dy, dx = (round(MNIST_CENTRE - c) for c in _centre_of_mass(frame))
+    dy, dx = (round(MNIST_CENTRE - c) for c in ndimage.center_of_mass(frame))
     return np.roll(frame, (dy, dx), axis=(0, 1)).round().astype(np.uint8)

@@ -40,11 +40,10 @@ def open_image(path: Path) -> Image.Image:
 
 def frame_file(path: str) -> np.ndarray:
     """One image file -> its 28x28 MNIST frame; a UsageError naming the file if it has none."""
+    image = open_image(Path(path))  # its errors name the file
     try:
-        return to_mnist(open_image(Path(path)))
-    except UsageError as err:
-        if path in err.what:
-            raise
+        return to_mnist(image)
+    except UsageError as err:  # the framing's do not know it
         raise UsageError(f"{path}: {err.what}", err.fix) from None
 
 

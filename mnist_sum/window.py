@@ -1,4 +1,5 @@
-"""The train metrics window: what the steps since the last log line did, summed on the device.
+"""The train metrics window: what the steps since the last log line did, summed on the device; and
+`TrainLog`, which adds each step to it and logs it.
 
 Adding a step costs no host read or host-made tensor; the window is read (one reduction over processes and
 one copy to the host) only when a log line is written, every `train.log_every` steps and before each
@@ -14,7 +15,9 @@ from accelerate import Accelerator
 
 from mnist_sum.errors import Diverged
 from mnist_sum.scoring import hits
+from mnist_sum.state import LoopState
 from mnist_sum.step import StepOutput
+from mnist_sum.tracking import Tracker
 
 NO_STEP = 2**62
 
@@ -72,3 +75,32 @@ class TrainMetricsWindow:
         self.skipped.zero_()
         self.samples, self.started = 0, time.perf_counter()
         return logged
+
+
+class TrainLog:
+    """The training metrics' way to the tracker: each step goes into a window on the device, which is logged
+    every `train.log_every` steps, at the end of each epoch and, if it holds steps, before each checkpoint (so
+    the log of a resumed run has no gap)."""
+
+    def __init__(self, accelerator: Accelerator, tracker: Tracker, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                 steps_per_epoch: int) -> None:
+        self.accelerator, self.tracker, self.scheduler, self.steps_per_epoch = accelerator, tracker, scheduler, steps_per_epoch
+        self.window = TrainMetricsWindow(accelerator.device)
+
+    def start_epoch(self) -> None:
+        """A new window: its samples per second count training, not the validation before it."""
+        self.window = TrainMetricsWindow(self.accelerator.device)
+
+    def add(self, out: StepOutput, state: LoopState, batch: dict[str, torch.Tensor]) -> None:
+        self.window.add(out, state.step, batch["label"], batch["number"])
+
+    def flush(self, state: LoopState) -> dict[str, float]:
+        """Log the window (every process takes part) and return what was logged."""
+        logged = self.window.flush(self.accelerator, self.scheduler.get_last_lr()[0], state.step / self.steps_per_epoch)
+        state.skipped_steps += logged.get("train/skipped_steps", 0)
+        self.tracker.log(logged, state.step)
+        return logged
+
+    def flush_pending(self, state: LoopState) -> None:
+        if self.window.pending:
+            self.flush(state)

@@ -25,12 +25,12 @@ import os
 import sys
 import time
 import traceback
-from contextlib import ExitStack
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mnist_sum import trainer as trainer_module
+from mnist_sum.clock import RunClock
 from mnist_sum.config import PROJECT_ROOT, load_config
 
 HOST_WAITS = {"aten._local_scalar_dense", "aten.is_nonzero", "aten.equal", "aten.nonzero", "aten.masked_select",
@@ -87,14 +87,14 @@ config = PROJECT_ROOT / "configs" / "smoke.yaml"
 if overrides[:1] == ["--config"]:
     config, overrides = overrides[1], overrides[2:]
 Trainer = trainer_module.Trainer
-Trainer._log_train_window = at_log_steps(Trainer._log_train_window)
+# The train log's flushes keep their old count name (the trainer's method that flushed before TrainLog).
+trainer_module.TrainLog.flush = at_log_steps(trainer_module.TrainLog.flush, "_log_train_window")
 trainer_module.Checkpointer.save = at_log_steps(trainer_module.Checkpointer.save, "save_checkpoint")
 trainer_module.StopRequest.agreed = at_log_steps(trainer_module.StopRequest.agreed)
 
 cfg = load_config(config, overrides)
 accelerator = trainer_module.make_accelerator(timeout_s=cfg.train.dist_timeout_s)
-with ExitStack() as on_exit:
-    trainer = Trainer(cfg, "smoke", None, accelerator, on_exit, time.perf_counter())
+with Trainer(cfg, "smoke", None, accelerator, RunClock(time.perf_counter())) as trainer:
     with recorder:
         trainer.train_epoch()
     recorder.on = False
@@ -102,4 +102,3 @@ with ExitStack() as on_exit:
     steps = trainer.state.step
 with open(f"{out}.{accelerator.process_index}.json", "w") as f:
     json.dump({"steps": steps, "world_size": accelerator.num_processes, "seen": recorder.seen, "calls": calls}, f)
-accelerator.end_training()
