@@ -70,10 +70,31 @@ def _ink_is_dark(x: np.ndarray) -> bool:
     return bool(dark > light)
 
 
+def _paper_plane(x: np.ndarray) -> np.ndarray:
+    """The paper's level where light falls off from one side to the other: a plane fitted by least squares to
+    the whole image, then again to the pixels at or below it, the paper (the ink is light here, and the
+    minority). A curved surface (light falling off towards the corners too) also fitted the hole of a 0 and
+    moved clean digits; a plane does not."""
+    rows, cols = (c.ravel() / max(x.shape) for c in np.mgrid[0:x.shape[0], 0:x.shape[1]])
+    design = np.stack([np.ones_like(rows), rows, cols], axis=1)
+    values = x.ravel().astype(np.float64)
+    first = design @ np.linalg.lstsq(design, values, rcond=None)[0]
+    paper = values - first <= np.median(values - first)
+    return (design @ np.linalg.lstsq(design[paper], values[paper], rcond=None)[0]).reshape(x.shape)
+
+
 def _background(x: np.ndarray) -> np.ndarray:
-    """The paper under light ink: a grey opening with a window wider than any stroke, then smoothed."""
+    """The paper under light ink: a grey opening with a window wider than any stroke, then smoothed, of the
+    paper made level first (`_paper_plane`). Paper lit from one side is a slope, and an opening keeps a slope
+    only where its window fits: at the bright edge it fell short by slope x window / 2, an edge of residue that
+    widened the digit's box (paper twice as bright at one end: 2 of 8 test digits framed wrong; three times: all
+    8; none now). On the select part of bench/robustness.py levelling changed 0.0% of the corruptions' mean (fog
+    0.3-0.5% worse, shifts 0.1% better). Below SPECK_MIN_SIDE the digit fills the image, and no plane would fit
+    the paper (8x8 handwriting)."""
     size = max(5, min(x.shape) // 3) | 1
-    return ndimage.uniform_filter(ndimage.grey_opening(x, size, mode="nearest"), 3, mode="nearest")
+    plane = _paper_plane(x) if min(x.shape) >= SPECK_MIN_SIDE else 0.0
+    level = x - plane
+    return ndimage.uniform_filter(ndimage.grey_opening(level, size, mode="nearest"), 3, mode="nearest") + plane
 
 
 def _thin_runs(full: np.ndarray, most: int) -> np.ndarray:

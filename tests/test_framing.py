@@ -61,8 +61,14 @@ def test_a_digit_on_grey_paper_either_way_round_is_the_mnist_digit(digits, paper
         assert _match(_frame(_as_big_paper(digit, paper, ink)), reference) > 0.95
 
 
-def test_uneven_paper_becomes_black(digits):
-    light = np.linspace(150, 230, 112)[None, :]  # lit from one side (twice as bright: README, Not there yet)
+_Y, _X = np.mgrid[0:112, 0:112] / 111
+# Lit from one side or a corner (light falling off towards all four corners is not levelled: README, Not there yet).
+LIGHTS = {"one side twice as bright": 115 + 115 * _X, "the bottom twice as bright": 115 + 115 * _Y,
+          "a corner three times as bright": 80 + 80 * (_X + _Y), "one side 1.5 times as bright": 150 + 80 * _X}
+
+
+@pytest.mark.parametrize("light", LIGHTS.values(), ids=LIGHTS.keys())
+def test_uneven_paper_becomes_black(digits, light):
     for digit in digits:
         dark_ink = light * (1 - 0.8 * _as_big_paper(digit, 0, 1))  # ink absorbs 80% of the light
         assert _match(_frame(dark_ink), _frame(_as_big_paper(digit, 0, 255))) > 0.9
