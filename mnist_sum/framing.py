@@ -29,6 +29,7 @@ SPECK_SHARE = 0.03  # below this share of speck-like pixels an image is taken as
 RULING_SHARE = 0.04  # a line across the image at most this thick (of the image's side) is a ruling, not ink
 SPECK_MIN_SIDE = 16  # below this a stroke is one pixel wide and looks like a speck, and the digit fills the image
 BOX_THRESHOLD = 0.1  # share of the strongest ink that counts towards the digit's box (MNIST's boxes: 20 px)
+FRAGMENT_SHARE = 0.1  # ink apart from the digit, lighter than this share of its largest piece, is not in its box
 MNIST_CENTRE = 14.0  # where MNIST put the centre of mass (it lies in [13.5, 14.5] for every training image)
 
 
@@ -126,8 +127,17 @@ def _without_rulings(ink: np.ndarray) -> np.ndarray:
 
 
 def _digit_box(ink: np.ndarray) -> tuple[int, int, int, int]:
-    """[top, bottom) and [left, right) of the ink above BOX_THRESHOLD."""
-    rows, cols = np.nonzero(ink > BOX_THRESHOLD * ink.max())
+    """[top, bottom) and [left, right) of the ink above BOX_THRESHOLD, less the pieces far lighter than the
+    largest (FRAGMENT_SHARE): the dots of a dotted line, noise, the ends of a line across the image, which
+    widened the box and framed the digit too small. Chosen on the select part of bench/robustness.py (default
+    seed 2 / quick seed 0, corruptions' mean): none 88.2 / 93.9%, 3% 88.4 / 94.2%, 10% 88.8 / 94.6% (dotted
+    line +7%, noise +1-4%), 25% 89.0 / 94.7% but stripes 2% worse; clean and outside digits the same."""
+    inked = ink > BOX_THRESHOLD * ink.max()
+    labels, count = ndimage.label(inked, structure=np.ones((3, 3)))
+    if count > 1:
+        mass = ndimage.sum(ink, labels, range(1, count + 1))
+        inked = np.isin(labels, 1 + np.nonzero(mass >= FRAGMENT_SHARE * mass.max())[0])
+    rows, cols = np.nonzero(inked)
     return rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
 
 
