@@ -7,11 +7,13 @@ bench/robustness.py (corrupted val images and digits from outside MNIST; never M
 2. the paper is the majority: polarity from the whole image, not its border (a border can be a stripe, fog
    or the digit itself): the paper's level is the median, and the side of it with more far-off mass is ink;
 3. the paper is what is left when strokes are taken away: the background is a grey opening (strokes are
-   thinner than the opening's window), smoothed, so grey, uneven or foggy paper becomes black (on the select
-   part, fog: 88% read right with a single paper level, 96% with the opening);
+   thinner than the opening's window), smoothed, of the paper levelled first (light falling off from one
+   side), so grey, uneven or foggy paper becomes black (on the select part, fog: 88% read right with a single
+   paper level, 96% with the opening);
 4. only an image with no structure at all is blank (less than MIN_CONTRAST grey levels of ink);
-5. the ink's box is scaled to fit 20x20 and its centre of mass put in the middle of 28x28, also for 28x28
-   images (a shifted or shrunken digit is framed again; one already framed as MNIST is kept).
+5. the ink's box, less light pieces apart from the digit (dots, noise), is scaled to fit 20x20 and its centre
+   of mass put in the middle of 28x28, also for 28x28 images (a shifted or shrunken digit is framed again;
+   one already framed as MNIST is kept).
 """
 
 from __future__ import annotations
