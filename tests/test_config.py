@@ -17,7 +17,13 @@ def test_default_yaml_spells_out_the_dataclass_defaults():
     assert load_config(ROOT / "configs" / "default.yaml").to_dict() == Config().to_dict()
 
 
-@pytest.mark.parametrize("name", ["default", "quick", "smoke"])
+def test_robust_yaml_is_the_default_trained_on_corruptions():
+    # README's robust table was trained as `train.py augment.corrupt=0.3`: the file must be that recipe.
+    robust = flatten(load_config(ROOT / "configs" / "robust.yaml").to_dict())
+    assert {k: v for k, v in robust.items() if v != flatten(Config().to_dict())[k]} == {"augment.corrupt": 0.3}
+
+
+@pytest.mark.parametrize("name", ["default", "quick", "smoke", "robust"])
 def test_shipped_configs_load(name):
     # Every value the file spells out is the value the run gets.
     path = ROOT / "configs" / f"{name}.yaml"
