@@ -8,7 +8,7 @@ import json
 import pytest
 from conftest import run_python
 from PIL import Image
-from wandb_records import artifacts, config, history, summary
+from wandb_records import artifacts, config, history, read_records, summary
 
 
 def _wandb_file(run_dir):
@@ -45,6 +45,10 @@ def test_offline_wandb_run_holds_the_logged_metrics(smoke_run):
     assert final["train_flops"] == results["train_flops"] > 0 and final["train_flops_per_s"] == results["train_flops_per_s"]
     assert config(path)["optim"]["lr"] == 0.001  # the smoke recipe's
     assert config(path)["git"] == results["git"] and len(results["git"]["commit"]) == 40  # provenance in W&B too
+    # The run is finished, not cut off: train.py ends its process at once after its outputs are written
+    # (commands.exit_now), so the run's exit record must be on disk before that.
+    exits = [r.exit.exit_code for r in read_records(path) if r.WhichOneof("record_type") == "exit"]
+    assert exits == [0]
 
 
 def test_final_weights_and_checkpoints_are_wandb_artifacts(smoke_run):
