@@ -85,6 +85,7 @@ def uniforms(key: int, index: torch.Tensor, count: int) -> torch.Tensor:
 def keyed_uniforms(key: int, sample_keys: torch.Tensor, count: int) -> torch.Tensor:
     """[B, count] in [0, 1), `count` draws per sample from its own key ([B] int64, e.g. a batch's noise_key):
     24 bits of hash of (key, sample_key * count + j) each, exact in float32. Dropout masks (key 0) and the
-    corruptions (keys 1 and 2) draw from the same sample key with different `key`s."""
+    corruptions (keys 1 and 2) draw from the same sample key with different `key`s. 24 bits in float32, not
+    `uniforms`' 53 in float64: these are drawn on the device at every step, and float64 is slow on GPUs."""
     counter = sample_keys.unsqueeze(1) * count + torch.arange(count, device=sample_keys.device)
     return (hashed(key, counter) & 0xFFFFFF).float() / 2.0**24
