@@ -92,3 +92,9 @@ def metrics(preds: Predictions) -> dict[str, float | int]:
         out["num_exhaustive_pairs"] = int(len(digit_ok)) * NUM_DIGITS
         out["exhaustive_sum_acc"] = preds["exhaustive_correct"].sum().item() / out["num_exhaustive_pairs"]
     return out
+
+
+def digit_confusion(preds: Predictions) -> list[list[int]]:
+    """`[true digit][predicted digit]` counts over the gathered predictions."""
+    flat = preds["label"] * NUM_DIGITS + preds["pred_digit"]
+    return torch.bincount(flat, minlength=NUM_DIGITS * NUM_DIGITS).view(NUM_DIGITS, NUM_DIGITS).tolist()

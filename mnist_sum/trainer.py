@@ -27,10 +27,10 @@ from mnist_sum.flops import count_flops
 from mnist_sum.outputs import save_predictions, save_weights
 from mnist_sum.parts import build_data, build_model_and_optimizer, open_run_folder, start_state
 from mnist_sum.peers import peers_watched
-from mnist_sum.plots import write_plots
+from mnist_sum.plots import PlotWriter
 from mnist_sum.ranks import check_world, same_buffers
 from mnist_sum.results import Results, git_state, results_record
-from mnist_sum.scoring import Predictions, gather_predictions, metrics
+from mnist_sum.scoring import Predictions, digit_confusion, gather_predictions, metrics
 from mnist_sum.signals import StopRequest
 from mnist_sum.step import StepOutput, train_step
 from mnist_sum.tracking import Tracker, tracker_names
@@ -70,6 +70,8 @@ class Trainer:
         # are undone at once; once all are made, `__exit__` undoes them.
         with ExitStack() as on_exit:
             on_exit.callback(accelerator.end_training)
+            # First: the helper imports matplotlib while the rest is set up (mnist_sum.plots says why).
+            self.plots = on_exit.enter_context(PlotWriter(enabled=accelerator.is_main_process))
             check_world(cfg, accelerator.num_processes)
             if cfg.train.deterministic:
                 use_deterministic_algorithms()
@@ -193,7 +195,7 @@ class Trainer:
         if self.accelerator.is_main_process:
             save_weights(run_dir / "model.safetensors", self.model.network, self.cfg.model)
             save_predictions(run_dir / "test_predictions.csv", preds)
-            write_plots(run_dir, preds)
+            self.plots.write(run_dir, digit_confusion(preds))
         results = results_record(self.cfg, self.state, test, self.clock, self.resumed_from, self.git, self.accelerator)
         self.tracker.summary({k: results[k] for k in ("train_flops", "train_flops_per_s", "flops_per_sample")})
         if self.accelerator.is_main_process:

@@ -1,14 +1,18 @@
 """Monitoring: the offline W&B run holds what was logged (read back from its file), W&B goes offline by itself
-without a key and never prompts, and the local plots are real PNGs."""
+without a key and never prompts, and the local plots are real PNGs, drawn by a helper process that starts fast
+and never outlives its run."""
 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
-from conftest import run_python
+from conftest import descendants, run_python
 from PIL import Image
 from wandb_records import artifacts, config, history, read_records, summary
+
+from mnist_sum.plots import PlotWriter
 
 
 def _wandb_file(run_dir):
@@ -141,3 +145,21 @@ def test_plots_are_valid_pngs(smoke_run, name):
     with Image.open(run_dir / name) as image:
         image.verify()
         assert image.format == "PNG" and image.width > 200 and image.height > 200
+
+
+def test_the_plot_helper_imports_no_torch():
+    # The helper's point is to import matplotlib early, beside the trainer's start-up: torch would cost it seconds.
+    result = run_python(["-c", "import sys, mnist_sum.plots; print(sorted(m for m in sys.modules if 'torch' in m))"])
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_a_failed_plot_helper_raises_its_last_line(tmp_path):
+    with PlotWriter() as plots, pytest.raises(RuntimeError, match=r"the plots could not be drawn: .*metrics\.jsonl"):
+        plots.write(tmp_path, [[1] * 10] * 10)  # a run folder without metrics.jsonl
+
+
+def test_leaving_the_plot_writer_unused_ends_its_helper():
+    before = set(descendants(os.getpid()))  # other tests' processes (W&B's service) may live on in this one
+    with PlotWriter():
+        (helper,) = set(descendants(os.getpid())) - before
+    assert helper not in descendants(os.getpid())
