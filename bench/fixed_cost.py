@@ -2,14 +2,14 @@
 
     python bench/fixed_cost.py                                  # the smoke recipe, W&B offline, 3 runs
     python bench/fixed_cost.py --config configs/quick.yaml --repeats 5
-    python bench/fixed_cost.py --against /tmp/old-checkout           # side by side with another checkout
+    python bench/fixed_cost.py --against /tmp/old-checkout [/tmp/older]    # side by side with other checkouts
 
 
 Runs `python train.py` as a user would (W&B offline, as without an API key) and prints one table: the
 median over the runs of each phase. The phases inside the run come from its results.json (`phases_s`);
 "start-up and exit" is the rest of the command's wall time: the interpreter, imports, and after the
-results are written, W&B's finish and the process exit. With --against, the runs of the two checkouts
-alternate, so that both meet the same machine (its speed swings by up to 30% from one minute to the next).
+results are written, W&B's finish and the process exit. With --against, the runs of the checkouts
+alternate, so that all meet the same machine (its speed swings by up to 30% from one minute to the next).
 """
 
 from __future__ import annotations
@@ -65,9 +65,9 @@ def main() -> None:
     parser.add_argument("--config", default="configs/smoke.yaml")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--wandb", default="offline", choices=["offline", "disabled"])
-    parser.add_argument("--against", type=Path, help="another checkout, run in turn with this one")
+    parser.add_argument("--against", type=Path, nargs="+", default=[], help="other checkouts, run in turn with this one")
     args = parser.parse_args()
-    roots = [ROOT, *([args.against.resolve()] if args.against else [])]
+    roots = [ROOT, *(root.resolve() for root in args.against)]
     runs: dict[Path, list[dict[str, float]]] = {root: [] for root in roots}
     floors = []
     for _ in range(args.repeats):
@@ -80,7 +80,7 @@ def main() -> None:
     what = {"start-up and exit": "interpreter and imports; after results.json: W&B finish, process exit",
             "setup": "Accelerator, data (read and checksum), model, run folder, W&B start",
             "train": "training steps and validation", "test": "the test split, with the exhaustive score",
-            "outputs": "weights, predictions, plots", "outside training": "all but training",
+            "outputs": "weights, predictions, plots (the wait for them)", "outside training": "all but training",
             "command": "the whole command"}
     for phase in what:
         medians = [f"{statistics.median(r[phase] for r in runs[root]):.2f}" for root in roots]

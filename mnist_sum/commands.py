@@ -21,6 +21,7 @@ from typing import NoReturn
 from mnist_sum.config import DEFAULT_CONFIG, PROJECT_ROOT, load_config
 from mnist_sum.errors import LostPeer, ProjectError, Stopped, UsageError
 from mnist_sum.files import write_json
+from mnist_sum.idx_files import read_ahead
 from mnist_sum.launcher import max_restarts, restart_count, tell_launcher
 
 
@@ -96,6 +97,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             # Without a name, each start would make a new timestamped folder: nothing would ever be resumed.
             raise UsageError("--resume auto needs to know which run to continue",
                              "name it: run.name=NAME for the folder runs/NAME, or run.dir=PATH; the same at every start")
+        if cfg.data.source == "idx":
+            read_ahead(cfg.data.idx_dir)  # the data files are read while torch loads: mnist_sum.idx_files says why
         from mnist_sum.runs import run_dir_for  # after the config is read: see the module docstring
         from mnist_sum.trainer import train
 

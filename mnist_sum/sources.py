@@ -1,6 +1,7 @@
 """MNIST sources -> `{"train": (images, labels), "test": (images, labels)}` as uint8 / int64 tensors.
 
-Two sources: the original IDX files (bundled in `data/mnist/`, checksum-verified on every load) and
+Two sources: the original IDX files (bundled in `data/mnist/`, checksum-verified on every load, read by
+`mnist_sum.idx_files`) and
 Hugging Face `datasets` in the `ylecun/mnist` schema (hub name, parquet folder or `save_to_disk`
 folder). Either way the result is plain in-memory tensors: MNIST is 55 MB, so everything after this
 point is tensor indexing, never per-sample Python.
@@ -8,54 +9,15 @@ point is tensor indexing, never per-sample Python.
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mnist_sum.config import PROJECT_ROOT
 from mnist_sum.errors import UsageError
-
-# SHA-256 of the *decompressed* original files (gzip output differs between gzip builds).
-IDX_SHA256 = {
-    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-}
-SPLIT_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
+from mnist_sum.idx_files import SPLIT_FILES, read_idx_files, resolve_path
 
 Splits = dict[str, tuple[torch.Tensor, torch.Tensor]]
-
-
-def resolve_path(path: str) -> Path:
-    """A relative path is taken from the working directory if it exists there, else from the project root."""
-    p = Path(path).expanduser()
-    if p.is_absolute() or p.exists():
-        return p
-    return PROJECT_ROOT / p
-
-
-def _read_idx_bytes(folder: Path, name: str, verify: bool) -> bytes:
-    for candidate, opener in ((folder / f"{name}.gz", gzip.open), (folder / name, open)):
-        if candidate.is_file():
-            try:
-                with opener(candidate, "rb") as f:
-                    raw = f.read()
-            except (OSError, EOFError) as err:
-                raise UsageError(f"cannot read {candidate}: {err}", "restore the original MNIST file") from None
-            if verify and hashlib.sha256(raw).hexdigest() != IDX_SHA256[name]:
-                raise UsageError(
-                    f"{candidate} does not match the original MNIST checksum",
-                    "restore it from data/mnist/ in a fresh clone (git checkout -- data/mnist)",
-                )
-            return raw
-    raise UsageError(f"MNIST file {name}[.gz] not found in {folder}", "point data.idx_dir at a folder with the four IDX files")
 
 
 def _parse_idx(raw: bytes, name: str) -> np.ndarray:
@@ -73,13 +35,11 @@ def _parse_idx(raw: bytes, name: str) -> np.ndarray:
 
 def load_idx(folder: str | Path, verify: bool = True) -> Splits:
     """Read the four IDX files of `folder`; with `verify`, each must match the original checksum."""
-    folder = resolve_path(str(folder))
-    if not folder.is_dir():
-        raise UsageError(f"MNIST folder {str(folder)!r} not found", "set data.idx_dir to the folder with the IDX files")
+    files = read_idx_files(folder, verify)
     splits: Splits = {}
     for split, (image_name, label_name) in SPLIT_FILES.items():
-        images = _parse_idx(_read_idx_bytes(folder, image_name, verify), image_name)
-        labels = _parse_idx(_read_idx_bytes(folder, label_name, verify), label_name)
+        images = _parse_idx(files[image_name], image_name)
+        labels = _parse_idx(files[label_name], label_name)
         splits[split] = (torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64)))
     return splits
 

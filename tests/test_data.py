@@ -15,6 +15,7 @@ from mnist_sum.batches import EvalBatches, TrainBatches, shard, shard_sizes
 from mnist_sum.config import load_config
 from mnist_sum.data import SumDataset, load_splits, pair_numbers, split_train_val
 from mnist_sum.errors import UsageError
+from mnist_sum.idx_files import _AHEAD, read_ahead, read_idx_files
 from mnist_sum.sources import load_hf, load_idx
 from mnist_sum.streams import STREAM_IDS, splitmix64, stream_key, uniforms
 
@@ -63,6 +64,23 @@ def test_uncompressed_idx_files_are_read_too(tmp_path, mnist):
         gz.unlink()
     splits = load_idx(folder)
     assert torch.equal(splits["test"][0], mnist["test"][0])
+
+
+def test_files_read_ahead_are_taken_once_and_match_a_plain_read(tmp_path):
+    folder = _copy_idx(tmp_path)
+    plain = read_idx_files(folder)
+    read_ahead(folder)
+    _AHEAD[folder].result()  # the read is done: what is taken next comes from it, not from the files
+    shutil.rmtree(folder)
+    assert read_idx_files(folder) == plain
+    with pytest.raises(UsageError, match="MNIST folder"):  # taken once: the next read goes to the (gone) files
+        read_idx_files(folder)
+
+
+def test_an_error_met_reading_ahead_is_raised_where_the_files_are_taken(tmp_path):
+    read_ahead(tmp_path / "nowhere")
+    with pytest.raises(UsageError, match="MNIST folder .*nowhere.* not found"):
+        read_idx_files(tmp_path / "nowhere")
 
 
 def test_val_hold_out_is_fixed_disjoint_and_seeded(mnist):
