@@ -13,12 +13,17 @@ class StopRequest:
     """SIGTERM or SIGINT asks the loop to checkpoint and stop; a second signal stops at once. Ranks may receive
     the signal at different steps, so `agreed()` makes every rank stop at the same one. It costs a collective
     and a host read, so the loop asks only at log steps (every `train.log_every` steps), never in between.
-    A context manager: leaving it restores the handlers that were there before."""
+    The handlers are installed by `install()` (or entering it as a context manager) and put back by `restore()`
+    (or leaving it)."""
 
     def __init__(self, accelerator: Accelerator) -> None:
         self.accelerator = accelerator
         self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> StopRequest:
         self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None:
@@ -34,13 +39,13 @@ class StopRequest:
         return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
 
     def restore(self) -> None:
-        """Put the previous handlers back (once; later calls do nothing)."""
+        """Put the previous handlers back (once; later calls, or a call before `install()`, do nothing)."""
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous = {}
 
     def __enter__(self) -> StopRequest:
-        return self
+        return self.install()
 
     def __exit__(self, *exc: object) -> None:
         self.restore()

@@ -69,8 +69,12 @@ class Trainer:
         # Each part's clean-up is registered where the part is made; if a later part fails, the earlier ones
         # are undone at once; once all are made, `__exit__` undoes them.
         with ExitStack() as on_exit:
+            # Registered first, so undone last: after an error, a signal during the other clean-ups (the launcher's
+            # SIGTERM once a peer died) is only noted, and the process lives to print its one line.
+            self.stop = StopRequest(accelerator)
+            on_exit.callback(self.stop.restore)
             on_exit.callback(accelerator.end_training)
-            # First: the helper imports matplotlib while the rest is set up (mnist_sum.plots says why).
+            # Early: the helper imports matplotlib while the rest is set up (mnist_sum.plots says why).
             self.plots = on_exit.enter_context(PlotWriter(enabled=accelerator.is_main_process))
             check_world(cfg, accelerator.num_processes)
             if cfg.train.deterministic:
@@ -88,7 +92,7 @@ class Trainer:
             self.git = git_state()  # once: W&B and results.json record the same answer
             self.state.wandb_run_id = self.tracker.start(cfg, cfg.to_dict() | {"git": self.git}, self.run_dir.name,
                                                          self.state.wandb_run_id, self.state.step)
-            self.stop = on_exit.enter_context(StopRequest(accelerator))
+            self.stop.install()
             self._on_exit = on_exit.pop_all()
         data = self.data
         accelerator.print(

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import wandb
+from accelerate import Accelerator
 from conftest import launch
 from wandb_records import read_records
 
@@ -242,13 +243,30 @@ def offline_wandb(monkeypatch):
     wandb.teardown()
 
 
-def test_a_failing_run_closes_its_tracker_restores_signals_and_ends_in_one_error(tmp_path, offline_wandb):
-    before = signal.getsignal(signal.SIGTERM)
+def test_a_failing_run_closes_its_tracker_restores_signals_and_ends_in_one_error(tmp_path, offline_wandb, monkeypatch):
+    outside = []  # the SIGTERMs that reached the handler outside the run
+
+    def before(signum, frame):
+        outside.append(signum)
+
+    end_training = Accelerator.end_training
+
+    def end_training_meeting_sigterm(self):
+        # As in a job whose peer died: the launcher's SIGTERM arrives while the trainer cleans up after the error.
+        os.kill(os.getpid(), signal.SIGTERM)
+        end_training(self)
+
+    previous = signal.signal(signal.SIGTERM, before)
+    monkeypatch.setattr(Accelerator, "end_training", end_training_meeting_sigterm)
     cfg = load_config(None, ["data.train_limit=640", "data.val_size=100", "model.channels=[4]", "model.sum_hidden=8",
                              "train.global_batch_size=64", "train.log_every=1", "optim.lr=1e6", f"run.dir={tmp_path / 'run'}"])
-    with pytest.raises(Diverged):
-        train(cfg, config_name="diverging")
-    assert signal.getsignal(signal.SIGTERM) is before
+    try:
+        with pytest.raises(Diverged):
+            train(cfg, config_name="diverging")
+        assert signal.getsignal(signal.SIGTERM) is before
+        assert outside == []  # the signal in the clean-ups was the run's (noted), not the default's (the end)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     assert wandb.run is None  # the W&B run was finished ...
     wandb.teardown()  # its service writes the run file in the background: wait until everything is on disk
     (run_file,) = (tmp_path / "run").glob("wandb/offline-run-*/run-*.wandb")
