@@ -8,7 +8,7 @@ outputs, side by side with the former in-process drawing: 91% of its time overla
 other). This module imports neither torch nor anything that does, so that the helper starts in a fraction of
 a second.
 
-    python -m mnist_sum.plots     # the helper: draws what each JSON line on stdin asks, ends with its input
+    python -m mnist_sum.plots     # the helper: draws the run that one JSON line on stdin names
 """
 
 from __future__ import annotations
@@ -134,11 +134,13 @@ def draw_confusion(run_dir: Path, matrix: list[list[int]]) -> None:
 
 
 def main() -> None:
-    """The helper: import matplotlib now (the trainer is still setting up), then draw each job read from stdin."""
+    """The helper: import matplotlib now (the trainer is still setting up), then draw the job read from stdin;
+    end of input without a job (the trainer ended early, however it ended) ends the helper."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the trainer decides
     import matplotlib.figure  # noqa: F401  (here, not at the top: the import is what the helper runs early for)
 
-    for line in sys.stdin:
+    line = sys.stdin.readline()
+    if line:
         job = json.loads(line)
         draw_curves(Path(job["run_dir"]))
         draw_confusion(Path(job["run_dir"]), job["confusion"])
