@@ -40,14 +40,14 @@ def resolve_path(path: str) -> Path:
     return PROJECT_ROOT / p
 
 
-def _read_file(folder: Path, name: str, verify: bool) -> bytes:
+def _read_file(folder: Path, name: str) -> bytes:
     for candidate, decompress in ((folder / f"{name}.gz", gzip.decompress), (folder / name, bytes)):
         if candidate.is_file():
             try:
                 raw = decompress(candidate.read_bytes())
             except (OSError, EOFError, zlib.error) as err:
                 raise UsageError(f"cannot read {candidate}: {err}", "restore the original MNIST file") from None
-            if verify and hashlib.sha256(raw).hexdigest() != IDX_SHA256[name]:
+            if hashlib.sha256(raw).hexdigest() != IDX_SHA256[name]:
                 raise UsageError(
                     f"{candidate} does not match the original MNIST checksum",
                     "restore it from data/mnist/ in a fresh clone (git checkout -- data/mnist)",
@@ -56,25 +56,23 @@ def _read_file(folder: Path, name: str, verify: bool) -> bytes:
     raise UsageError(f"MNIST file {name}[.gz] not found in {folder}", "point data.idx_dir at a folder with the four IDX files")
 
 
-def _read_all(folder: Path, verify: bool) -> dict[str, bytes]:
+def _read_all(folder: Path) -> dict[str, bytes]:
     if not folder.is_dir():
         raise UsageError(f"MNIST folder {str(folder)!r} not found", "set data.idx_dir to the folder with the IDX files")
-    return {name: _read_file(folder, name, verify) for names in SPLIT_FILES.values() for name in names}
+    return {name: _read_file(folder, name) for names in SPLIT_FILES.values() for name in names}
 
 
-def read_idx_files(folder: str | Path, verify: bool = True) -> dict[str, bytes]:
-    """The four IDX files of `folder` (by name, decompressed); with `verify`, each must match the original
-    checksum. A read started by `read_ahead` is waited for, and its error, if any, raised here."""
+def read_idx_files(folder: str | Path) -> dict[str, bytes]:
+    """The four IDX files of `folder` (by name, decompressed), each checked against the original's checksum.
+    A read started by `read_ahead` is waited for, and its error, if any, raised here."""
     folder = resolve_path(str(folder))
     ahead = _AHEAD.pop(folder, None)
-    if ahead is not None and verify:
-        return ahead.result()
-    return _read_all(folder, verify)
+    return ahead.result() if ahead is not None else _read_all(folder)
 
 
 def read_ahead(folder: str | Path) -> None:
-    """Start reading `folder`'s files (verified) in a thread; the next `read_idx_files(folder)` takes them."""
+    """Start reading `folder`'s files in a thread; the next `read_idx_files(folder)` takes them."""
     folder = resolve_path(str(folder))
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mnist-read-ahead")
-    _AHEAD[folder] = pool.submit(_read_all, folder, True)
+    _AHEAD[folder] = pool.submit(_read_all, folder)
     pool.shutdown(wait=False)  # the thread ends with its read

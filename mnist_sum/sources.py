@@ -33,9 +33,9 @@ def _parse_idx(raw: bytes, name: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape)
 
 
-def load_idx(folder: str | Path, verify: bool = True) -> Splits:
-    """Read the four IDX files of `folder`; with `verify`, each must match the original checksum."""
-    files = read_idx_files(folder, verify)
+def load_idx(folder: str | Path) -> Splits:
+    """Read the four IDX files of `folder`; each must match the original checksum."""
+    files = read_idx_files(folder)
     splits: Splits = {}
     for split, (image_name, label_name) in SPLIT_FILES.items():
         images = _parse_idx(files[image_name], image_name)

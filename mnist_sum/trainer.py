@@ -74,11 +74,11 @@ class Trainer:
             self.stop = StopRequest(accelerator)
             on_exit.callback(self.stop.restore)
             on_exit.callback(accelerator.end_training)
-            # Early: the helper imports matplotlib while the rest is set up (mnist_sum.plots says why).
-            self.plots = on_exit.enter_context(PlotWriter(enabled=accelerator.is_main_process))
             check_world(cfg, accelerator.num_processes)
             if cfg.train.deterministic:
                 use_deterministic_algorithms()
+            # Before the data and the model: the helper imports matplotlib meanwhile (mnist_sum.plots says why).
+            self.plots = on_exit.enter_context(PlotWriter(enabled=accelerator.is_main_process))
             self.data = build_data(cfg, accelerator)
             self.model = build_model_and_optimizer(cfg, accelerator, self.data.steps_per_epoch * cfg.train.epochs)
             opened = open_run_folder(cfg, config_name, resume, accelerator, self.model.num_params)
