@@ -49,7 +49,7 @@ def setup(config: str, precision: str):
 
     def make_step(compiled: bool = False):
         torch.manual_seed(0)
-        model = build_model(cfg.model)
+        model = build_model(cfg.model, cfg.train.global_batch_size)
         model, optimizer, scheduler = accelerator.prepare(model, *make_optimizer(model, cfg.optim, 10**6))
         forward = torch.compile(model) if compiled else model
         return lambda batch: train_step(forward, batch, optimizer, scheduler, accelerator, cfg)
@@ -61,7 +61,7 @@ def setup(config: str, precision: str):
 def bare_step(accelerator, cfg):
     """The plainest step that does the same work: no Accelerate, no schedule, no metrics."""
     torch.manual_seed(0)
-    model = build_model(cfg.model).to(accelerator.device)
+    model = build_model(cfg.model, cfg.train.global_batch_size).to(accelerator.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=True)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision)
 

@@ -53,8 +53,9 @@ def make_accelerator(log_with: list[str] | None = None, timeout_s: int = 300, cp
         # LR schedule step once per optimizer step (without it, once per process).
         dataloader_config=DataLoaderConfiguration(split_batches=True),
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s)),
-                         # BatchNorm statistics are the global batch's on every process (layers.GlobalBatchNorm2d),
-                         # so the buffers agree already: no broadcast of rank 0's before every forward.
+                         # Each process keeps its own share of the BatchNorm running statistics, summed at log
+                         # steps (layers.GhostBatchNorm2d): rank 0's buffers broadcast before every forward would
+                         # overwrite the other shares (and cost a collective per step).
                          DistributedDataParallelKwargs(broadcast_buffers=False)])
     if accelerator.num_processes != world:
         raise LaunchError(f"launched {world} processes but Accelerate formed a group of {accelerator.num_processes}",

@@ -37,13 +37,17 @@ class TrainBatches:
     """This process's slice of each global training batch of an epoch, in order; `len()` is the number of steps.
 
     A global batch is `global_batch_size` consecutive samples of the epoch's permutation (a function of
-    (seed, epoch)); the last partial one is dropped, so every step has the same global batch. Rank r takes rows
-    `shard(global_batch_size, world, r)` of each: the global batches, their samples, numbers, warps and dropout
-    keys are the same for any number of processes."""
+    (seed, epoch)); the last partial one is dropped, so every step has the same global batch. Rank r takes the
+    rows of `shard(global_batch_size / unit, world, r)` units of `unit` samples: with ghost BatchNorm a unit is
+    one statistics group, which must not be split between processes (mnist_sum.layers). The global batches,
+    their samples, numbers, warps and dropout keys are the same for any number of processes."""
 
-    def __init__(self, dataset: SumDataset, global_batch_size: int, seed: int, rank: int = 0, world: int = 1) -> None:
+    def __init__(self, dataset: SumDataset, global_batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                 unit: int = 1) -> None:
+        assert global_batch_size % unit == 0, "the config checks that a global batch holds whole groups"
         self.dataset, self.global_batch_size, self.seed = dataset, global_batch_size, seed
-        self.rows = shard(global_batch_size, world, rank)
+        first, last = shard(global_batch_size // unit, world, rank)
+        self.rows = first * unit, last * unit
         self.epoch: int | None = None
 
     def __len__(self) -> int:

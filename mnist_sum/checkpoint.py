@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from mnist_sum.clock import RunClock
 from mnist_sum.config import CheckpointConfig
 from mnist_sum.errors import DamagedCheckpoint, Diverged, UsageError
+from mnist_sum.layers import sum_running_stats
 from mnist_sum.state import LoopState
 from mnist_sum.window import TrainLog
 
@@ -74,6 +75,7 @@ class Checkpointer:
     def save(self, state: LoopState, best_weights: dict[str, torch.Tensor]) -> Path:
         """Checkpoint the exact loop position (mid-epoch, or after an epoch's validation)."""
         self.train_log.flush_pending(state)
+        sum_running_stats(self.network)
         weights = self.network.state_dict().values()
         if not all(torch.isfinite(t).all() for t in weights if t.is_floating_point()):
             raise Diverged(f"the weights became NaN or infinite by step {state.step}; no checkpoint holds them", state.step)

@@ -95,6 +95,14 @@ class ModelConfig:
     """Hidden units of the mlp sum head."""
     dropout: float = 0.1
     """Dropout before the digit classifier."""
+    norm: Literal["ghost", "layer", "none"] = "ghost"
+    """Normalisation after each convolution. ghost: BatchNorm over fixed groups of `norm_group` samples of the
+    global batch, each group on one process; layer: LayerNorm over each sample's feature map; none (the
+    convolutions get biases). Each computes the same function on any number of processes without a collective
+    of its own (README: Scaling out, the candidates measured)."""
+    norm_group: int = 16
+    """ghost: samples per BatchNorm statistics group. The global batch must hold whole groups, and each process
+    at least one (a batch of 128: 8 groups, at most 8 processes); changing it changes the function trained."""
     channels_last: bool = True
     """Memory layout for the conv trunk; faster with oneDNN on CPU and with tensor cores on GPU."""
 
@@ -108,6 +116,12 @@ class ModelConfig:
         _check(self.fc_hidden >= 0, f"model.fc_hidden must be >= 0, got {self.fc_hidden}", "0 turns it off")
         _check(self.sum_hidden >= 1, f"model.sum_hidden must be >= 1, got {self.sum_hidden}", "e.g. 128")
         _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}", "e.g. 0.1")
+        _check(self.norm_group >= 1, f"model.norm_group must be >= 1, got {self.norm_group}", "e.g. 16")
+
+    @property
+    def norm_unit(self) -> int:
+        """Samples that must stay together on one process: a ghost BatchNorm group, else one sample."""
+        return self.norm_group if self.norm == "ghost" else 1
 
 
 @dataclass
@@ -245,6 +259,11 @@ class Config:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        unit, batch = self.model.norm_unit, self.train.global_batch_size
+        _check(batch % unit == 0, f"train.global_batch_size={batch} is not a whole number of BatchNorm groups of "
+               f"{unit} (model.norm_group)", f"e.g. train.global_batch_size={max(unit, batch // unit * unit)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_sum.config import ModelConfig
-from mnist_sum.layers import GlobalBatchNorm2d, KeyedDropout
+from mnist_sum.layers import KeyedDropout, norm_layer
 
 NUM_DIGITS = 10
 NUM_SUMS = 19  # 0 + 0 .. 9 + 9
@@ -29,12 +29,12 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 BILINEAR_INPUT_SCALE = 10.0
 
 
-def _stage(c_in: int, c_out: int, convs: int) -> nn.Sequential:
-    """`convs` 3x3 conv-BN-ReLU layers, then halve the resolution."""
+def _stage(c_in: int, c_out: int, cfg: ModelConfig, groups_per_step: int) -> nn.Sequential:
+    """`convs_per_stage` 3x3 conv-norm-ReLU layers, then halve the resolution."""
     layers: list[nn.Module] = []
-    for i in range(convs):
-        layers += [nn.Conv2d(c_in if i == 0 else c_out, c_out, 3, padding=1, bias=False), GlobalBatchNorm2d(c_out),
-                   nn.ReLU(inplace=True)]
+    for i in range(cfg.convs_per_stage):
+        layers += [nn.Conv2d(c_in if i == 0 else c_out, c_out, 3, padding=1, bias=cfg.norm == "none"),
+                   norm_layer(cfg.norm, c_out, cfg.norm_group, groups_per_step), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers, nn.MaxPool2d(2))
 
 
@@ -51,10 +51,10 @@ def _digit_head(cfg: ModelConfig) -> nn.Sequential:
 
 
 class SumNet(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, global_batch_size: int = 0) -> None:
         super().__init__()
-        widths = [1, *cfg.channels]
-        self.trunk = nn.Sequential(*(_stage(a, b, cfg.convs_per_stage) for a, b in zip(widths, widths[1:])))
+        widths, groups = [1, *cfg.channels], max(1, global_batch_size // cfg.norm_group)
+        self.trunk = nn.Sequential(*(_stage(a, b, cfg, groups) for a, b in zip(widths, widths[1:])))
         self.digit_head = _digit_head(cfg)
         self.bilinear_sum = cfg.sum_head == "bilinear"
         if self.bilinear_sum:
@@ -98,8 +98,10 @@ class SumNet(nn.Module):
         return digits, self.sum_logits(digits, numbers)
 
 
-def build_model(cfg: ModelConfig) -> SumNet:
-    model = SumNet(cfg)
+def build_model(cfg: ModelConfig, global_batch_size: int = 0) -> SumNet:
+    """`global_batch_size`: what the network trains on (ghost BatchNorm weighs its groups by it); 0 when it
+    only evaluates."""
+    model = SumNet(cfg, global_batch_size)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model

@@ -47,7 +47,7 @@ def build_data(cfg: Config, accelerator: Accelerator) -> Data:
     train_set, val_set, test_set = (d.to(accelerator.device) for d in make_datasets(cfg, splits))
     rank, world = accelerator.process_index, accelerator.num_processes
     data = Data(train_set, val_set, test_set,
-                TrainBatches(train_set, cfg.train.global_batch_size, cfg.train.seed, rank, world),
+                TrainBatches(train_set, cfg.train.global_batch_size, cfg.train.seed, rank, world, cfg.model.norm_unit),
                 EvalBatches(val_set, cfg.train.eval_batch_size, rank, world),
                 EvalBatches(test_set, cfg.train.eval_batch_size, rank, world))
     if data.steps_per_epoch == 0:
@@ -76,7 +76,7 @@ class Model:
 def build_model_and_optimizer(cfg: Config, accelerator: Accelerator, total_steps: int) -> Model:
     """The network with the same initial weights on every process, its optimizer and schedule, prepared."""
     set_seed(cfg.train.seed)
-    network = build_model(cfg.model)
+    network = build_model(cfg.model, cfg.train.global_batch_size)
     optimizer, scheduler = make_optimizer(network, cfg.optim, total_steps)
     prepared, optimizer, scheduler = accelerator.prepare(network, optimizer, scheduler)
     network = accelerator.unwrap_model(prepared)  # the same network, on the training device

@@ -1,13 +1,12 @@
-"""Agreement between ranks: the main process's decisions, the batch a launch can split, the same buffers."""
+"""Agreement between ranks: the main process's decisions and the batch a launch can split."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast, broadcast_object_list
+from accelerate.utils import broadcast_object_list
 
 from mnist_sum.config import Config
 from mnist_sum.errors import ProjectError, UsageError
@@ -16,10 +15,16 @@ T = TypeVar("T")
 
 
 def check_world(cfg: Config, world: int) -> None:
-    """Any number of processes splits a global batch (mnist_sum.batches), as long as each gets a sample."""
-    if cfg.train.global_batch_size < world:
+    """Any number of processes splits a global batch (mnist_sum.batches), as long as each gets a sample, or with
+    ghost BatchNorm a whole statistics group."""
+    unit = cfg.model.norm_unit
+    if cfg.train.global_batch_size < world * unit:
+        what = "a sample" if unit == 1 else f"a BatchNorm group of {unit} (model.norm_group)"
+        fix = (f"use at least {world}: one sample per process" if unit == 1 else
+               f"use train.global_batch_size of at least {world * unit}; a smaller model.norm_group also does, but "
+               "changes the function trained")
         raise UsageError(f"train.global_batch_size={cfg.train.global_batch_size} leaves some of the {world} processes "
-                         "without a sample", f"use at least {world}: one sample per process")
+                         f"without {what}", fix)
 
 
 def main_decides(accelerator: Accelerator, decide: Callable[[], T]) -> T:
@@ -37,15 +42,3 @@ def main_decides(accelerator: Accelerator, decide: Callable[[], T]) -> T:
     if kind == "error":
         raise value
     return value
-
-
-def same_buffers(model: torch.nn.Module, accelerator: Accelerator) -> None:
-    """Give every process the main process's buffers (BatchNorm running statistics) before an evaluation.
-
-    Every process computes them from the same global-batch statistics, but the all-reduce that sums those may
-    round differently on different ranks; without this the ranks could evaluate models a rounding apart, and
-    the saved weights would not be exactly the ones that scored the other ranks' part of the test set."""
-    if accelerator.num_processes == 1:
-        return
-    for buffer in model.buffers():
-        buffer.copy_(broadcast(buffer.detach().clone(), from_process=0))

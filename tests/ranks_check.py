@@ -11,7 +11,8 @@ import torch
 
 from mnist_sum.accelerator import make_accelerator
 from mnist_sum.errors import Diverged, UsageError
-from mnist_sum.ranks import main_decides, same_buffers
+from mnist_sum.layers import GhostBatchNorm2d, sum_running_stats
+from mnist_sum.ranks import main_decides
 from mnist_sum.signals import StopRequest
 from mnist_sum.step import StepOutput
 from mnist_sum.window import TrainMetricsWindow
@@ -21,13 +22,15 @@ accelerator = make_accelerator()
 rank = accelerator.process_index
 seen = {"world_size": accelerator.num_processes}
 
-# Buffers that a rounding may leave apart on different ranks: every rank evaluates with rank 0's.
-bn = torch.nn.BatchNorm1d(3)
-bn.running_mean.fill_(2.0 * rank)
-bn.running_var.fill_(1.0 + rank)
-bn.num_batches_tracked.fill_(10 + rank)
-same_buffers(bn, accelerator)
-seen["bn"] = [bn.running_mean.tolist(), bn.running_var.tolist(), int(bn.num_batches_tracked)]
+# Ghost BatchNorm: each rank adds its groups' statistics to its own share of the running statistics, and the
+# shares are summed at a log step. Rank 0's share starts as the running statistics (mean 0, var 1), the
+# other's as zero; rank r sees a batch of one group whose every value is r + 1 (mean r + 1, variance 0).
+norm = GhostBatchNorm2d(1, group_size=2, groups_per_step=2).train()
+norm(torch.full((2, 1, 2, 2), rank + 1.0))
+seen["shares"] = [*norm.share_mean.tolist(), *norm.share_var.tolist()]
+sum_running_stats(norm)
+seen["running"] = [*norm.running_mean.tolist(), *norm.running_var.tolist()]
+seen["shares_after"] = [*norm.share_mean.tolist(), *norm.share_var.tolist()]
 
 # Only rank 1 gets a real SIGTERM; both ranks agree to stop at the same step.
 with StopRequest(accelerator) as stop:

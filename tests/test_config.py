@@ -8,6 +8,7 @@ from conftest import ROOT, run_python
 
 from mnist_sum.config import Config, flatten, load_config, parse_override
 from mnist_sum.errors import UsageError
+from mnist_sum.ranks import check_world
 from mnist_sum.runs import _check_same_recipe
 from mnist_sum.state import LoopState
 
@@ -89,6 +90,9 @@ def test_wrong_types_are_named(override, words):
     ("data.val_size=60000", "data.val_size must be < 60000"),
     ("model.dropout=1.5", "model.dropout must be in [0, 1)"),
     ("model.channels=[]", "model.channels must be a non-empty list"),
+    ("model.norm_group=0", "model.norm_group must be >= 1"),
+    ("model.norm_group=48", "train.global_batch_size=128 is not a whole number of BatchNorm groups of 48"),
+    ("model.norm=batch", "model.norm must be one of 'ghost', 'layer', 'none'"),
 ])
 def test_out_of_range_values_are_refused(override, words):
     assert words in _error([override])
@@ -166,3 +170,14 @@ def test_overrides_may_come_before_and_after_resume(capsys):
                                   "optim.lrr=1"], capsys)
     assert code == 2 and err.strip().splitlines() == ["mnist-sum: error: unknown config key 'optim.lrr' (did you mean "
                                                       "optim.lr?)"]
+
+
+def test_each_process_needs_a_sample_or_a_whole_batchnorm_group():
+    cfg = load_config(None, ["train.global_batch_size=64"])
+    check_world(cfg, 4)  # 4 groups of 16
+    with pytest.raises(UsageError, match="leaves some of the 5 processes without a BatchNorm group of 16"):
+        check_world(cfg, 5)
+    layer = load_config(None, ["train.global_batch_size=5", "model.norm=layer"])  # no groups: one sample each
+    check_world(layer, 5)
+    with pytest.raises(UsageError, match="leaves some of the 6 processes without a sample"):
+        check_world(layer, 6)

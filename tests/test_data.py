@@ -322,3 +322,22 @@ def test_corruptions_are_a_function_of_each_samples_key_alone(mnist):
     ink = images > 127
     outlined = ((everything > 127) & ink).flatten(1).sum(1) == 0
     assert 0.1 < outlined.float().mean().item() < 0.3 and len(CORRUPTIONS) == 5
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_slices_hold_whole_batchnorm_groups(mnist, world):
+    # Ghost BatchNorm normalises groups of 16 consecutive samples of a global batch: each process's slice is whole
+    # groups (sizes differing by at most one group), and together the slices are the global batch in order.
+    images, labels = mnist["test"]
+    ds = SumDataset(images[:640], labels[:640], "train", seed=0)
+    slices = []
+    for rank in range(world):
+        batches = TrainBatches(ds, 64, seed=0, rank=rank, world=world, unit=16)
+        batches.set_epoch(0)
+        slices.append([b["index"].tolist() for b in batches.batches()])
+    sizes = [len(s[0]) for s in slices]
+    assert all(size % 16 == 0 and size > 0 for size in sizes) and max(sizes) - min(sizes) <= 16
+    whole = TrainBatches(ds, 64, seed=0)
+    whole.set_epoch(0)
+    for step, batch in enumerate(whole.batches()):
+        assert sum((s[step] for s in slices), []) == batch["index"].tolist()

@@ -279,13 +279,19 @@ def test_a_failing_run_closes_its_tracker_restores_signals_and_ends_in_one_error
 # ---- agreement between ranks, on a real 2-process gloo group
 
 
-def test_ranks_agree_on_stop_decisions_buffers_and_train_metrics(tmp_path):
+def test_ranks_agree_on_stop_decisions_batchnorm_statistics_and_train_metrics(tmp_path):
     result = launch(["tests/ranks_check.py", str(tmp_path / "seen")], num_processes=2, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     seen = [json.loads((tmp_path / f"seen.{rank}.json").read_text()) for rank in (0, 1)]
     assert [s["world_size"] for s in seen] == [2, 2]
     for s in seen:
-        assert s["bn"] == [[0.0] * 3, [1.0] * 3, 10]  # every rank gets rank 0's buffers
+        # Momentum 0.1, two groups a step: the step adds 0.1 x (1 + 2) / 2 to the mean and 0 to the variance,
+        # which decays to 0.9 of its 1; rank 0's share holds that decay, rank 1's only what its group added.
+        assert s["running"] == pytest.approx([0.15, 0.9])
+    assert seen[0]["shares"] == pytest.approx([0.05, 0.9]) and seen[1]["shares"] == pytest.approx([0.1, 0.0])
+    assert seen[0]["running"] == seen[1]["running"]  # bit for bit: summed in rank order on both
+    assert seen[0]["shares_after"] == seen[0]["running"] and seen[1]["shares_after"] == [0.0, 0.0]
+    for s in seen:
         assert not s["stop_before_signal"] and s["stop_after_signal"]  # rank 1's signal stops both
         assert s["decided"] == {"decided_by": 0}
         assert s["error"] == ["UsageError", "mnist-sum: error: run folder 'x' already exists (choose another)"]

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from mnist_sum.config import ModelConfig
 from mnist_sum.errors import UsageError
+from mnist_sum.layers import GhostBatchNorm2d, sum_running_stats
 from mnist_sum.model import BILINEAR_INPUT_SCALE, NUM_SUMS, build_model, sum_loss
 from mnist_sum.outputs import load_weights, save_weights
 
@@ -167,3 +168,43 @@ def test_concat_sum_head_is_the_original_design():
     inputs = torch.cat([logits.softmax(-1), F.one_hot(numbers, 10).float()], dim=1)
     expected = inputs @ model.sum_head.weight.T + model.sum_head.bias
     assert torch.allclose(model.sum_logits(logits, numbers), expected, atol=1e-6)
+
+
+def test_ghost_batchnorm_normalises_each_group_alone_whatever_the_slice():
+    # Each group of 16 is normalised by its own statistics, as a BatchNorm2d in training mode would normalise it
+    # alone, so a process holding any whole groups of the global batch computes their outputs bit for bit.
+    torch.manual_seed(0)
+    ghost = GhostBatchNorm2d(8, group_size=16, groups_per_step=4).train()
+    with torch.no_grad():
+        ghost.weight.uniform_(0.5, 1.5)
+        ghost.bias.uniform_(-1, 1)
+    x = torch.randn(64, 8, 5, 5) * 3 + 1
+    whole = ghost(x)
+    for i in range(4):
+        plain = torch.nn.BatchNorm2d(8).train()
+        plain.load_state_dict({k: v for k, v in ghost.state_dict().items()})
+        assert torch.allclose(whole[16 * i:16 * (i + 1)], plain(x[16 * i:16 * (i + 1)]), atol=1e-6)
+    assert torch.equal(ghost(x[16:48]), whole[16:48])
+    # The running statistics: the mean of the four groups' statistics, weighted by the momentum; in evaluation
+    # the layer is BatchNorm2d itself.
+    fresh = GhostBatchNorm2d(8, group_size=16, groups_per_step=4).train()
+    fresh(x)
+    sum_running_stats(fresh)
+    groups = x.view(4, 16, 8, 5, 5)
+    assert torch.allclose(fresh.running_mean, 0.1 * groups.mean((1, 3, 4)).mean(0), atol=1e-6)
+    assert torch.allclose(fresh.running_var, 0.9 + 0.1 * groups.transpose(1, 2).reshape(4, 8, -1).var(-1).mean(0), atol=1e-5)
+    plain = torch.nn.BatchNorm2d(8).eval()
+    plain.load_state_dict(fresh.state_dict())
+    assert torch.equal(fresh.eval()(x), plain(x))
+
+
+def test_loaded_running_statistics_are_whole_until_the_next_sum():
+    # After a load (a resume, or weights from a file) the loaded statistics are all of them: training adds to
+    # them from there, and summing without training keeps them as loaded.
+    source = GhostBatchNorm2d(4, group_size=8).train()
+    source(torch.randn(16, 4, 3, 3) + 2)
+    sum_running_stats(source)
+    target = GhostBatchNorm2d(4, group_size=8)
+    target.load_state_dict(source.state_dict())
+    sum_running_stats(target)
+    assert torch.equal(target.running_mean, source.running_mean) and torch.equal(target.running_var, source.running_var)

@@ -158,11 +158,13 @@ def test_existing_run_folder_is_never_overwritten(one_process_run, capsys):
     assert (run_dir / "results.json").read_bytes() == before
 
 
-def test_a_global_batch_smaller_than_the_process_count_is_refused(tmp_path):
-    result = launch(["train.py", "--config", "configs/smoke.yaml", "train.global_batch_size=1",
+def test_a_global_batch_with_fewer_batchnorm_groups_than_processes_is_refused(tmp_path):
+    # Each process needs a whole BatchNorm group (16 samples in smoke): a global batch of 16 has one group.
+    result = launch(["train.py", "--config", "configs/smoke.yaml", "train.global_batch_size=16",
                      f"run.dir={tmp_path / 'r'}"], num_processes=2)
-    line = ("mnist-sum: error: train.global_batch_size=1 leaves some of the 2 processes without a sample "
-            "(use at least 2: one sample per process)")
+    line = ("mnist-sum: error: train.global_batch_size=16 leaves some of the 2 processes without a BatchNorm group of "
+            "16 (model.norm_group) (use train.global_batch_size of at least 32; a smaller model.norm_group also does, "
+            "but changes the function trained)")
     assert result.returncode != 0
     assert line in result.stderr.splitlines()
     # torchrun's failure report that follows names the line as the root cause, not "To enable traceback see ...".
