@@ -410,7 +410,14 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 # Keys added after runs were saved, with the value that reproduces what those runs did. A run's own record
 # of its config (its config.yaml, a checkpoint, a weights file) lists every key it knew, so a key it lacks
 # means "as before the key existed", not today's default; a user's YAML may leave out anything.
-FORMER_DEFAULTS = {"model.sum_head": "mlp"}
+# Runs from before model.norm normalised over the whole global batch: ghost BatchNorm with one group per global
+# batch is that function (with several processes it would need the per-layer collectives that model.norm
+# replaced, and the run says that a group cannot be split).
+FORMER_DEFAULTS: dict[str, Any] = {
+    "model.sum_head": "mlp",
+    "model.norm": "ghost",
+    "model.norm_group": lambda tree: tree.get("train", {}).get("global_batch_size", TrainConfig.global_batch_size),
+}
 
 
 # Keys that no longer exist, and why: a run's own saved config may still hold them (they are dropped from it);
@@ -425,7 +432,7 @@ def with_former_defaults(saved: dict[str, Any]) -> dict[str, Any]:
     tree, known = copy.deepcopy(saved), flatten(saved)
     for dotted, value in FORMER_DEFAULTS.items():
         if dotted not in known:
-            _set(tree, dotted.split("."), value)
+            _set(tree, dotted.split("."), value(saved) if callable(value) else value)
     for dotted in REMOVED_KEYS:
         section, _, key = dotted.rpartition(".")
         node = tree.get(section) if isinstance(tree.get(section), dict) else {}

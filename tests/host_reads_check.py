@@ -15,6 +15,9 @@ device (on a CPU `.cpu()` and `.to(device)` are no-ops and dispatch nothing; a t
 dispatches nothing either) and the syncs inside NCCL; bench/gpu_check.sh repeats the run under
 `torch.cuda.set_sync_debug_mode("error")`, which catches those.
 
+It also counts the collectives between log steps: each torch.distributed call from Python, and DDP's gradient
+all-reduces (per bucket, through a comm hook that does what DDP does without one).
+
 The first `train.log_every` steps (the run's first step counts its FLOPs) are a warm-up; the next two windows
 are recorded, with the log lines, the stop request asked at them and any checkpoint left out: those run only
 at log steps, and may read the host.
@@ -27,6 +30,7 @@ import time
 import traceback
 
 import torch
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mnist_sum import trainer as trainer_module
@@ -62,7 +66,7 @@ def set_sync_debug() -> None:
         torch.cuda.set_sync_debug_mode("error" if recorder.on and not recorder.paused else "default")
 
 
-calls = {"_log_train_window": 0, "agreed": 0, "save_checkpoint": 0}
+calls = {"_log_train_window": 0, "agreed": 0, "save_checkpoint": 0, "sum_running_stats": 0}
 
 
 def at_log_steps(method, name=None):
@@ -91,14 +95,46 @@ Trainer = trainer_module.Trainer
 trainer_module.TrainLog.flush = at_log_steps(trainer_module.TrainLog.flush, "_log_train_window")
 trainer_module.Checkpointer.save = at_log_steps(trainer_module.Checkpointer.save, "save_checkpoint")
 trainer_module.StopRequest.agreed = at_log_steps(trainer_module.StopRequest.agreed)
+trainer_module.sum_running_stats = at_log_steps(trainer_module.sum_running_stats)
+
+# Collectives between log steps: every torch.distributed call made from Python (a layer's, Accelerate's), and
+# DDP's gradient all-reduces, counted per bucket by a comm hook that then does what DDP does by default.
+collectives = {"ddp_buckets": 0, "other": []}
+
+
+def counted(name, original):
+    def call(*args, **kwargs):
+        if recorder.on and not recorder.paused:
+            collectives["other"].append(name)
+        return original(*args, **kwargs)
+    return call
+
+
+for name in ("all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_object", "broadcast",
+             "broadcast_object_list", "reduce", "reduce_scatter_tensor", "all_to_all", "barrier", "gather", "scatter"):
+    setattr(torch.distributed, name, counted(name, getattr(torch.distributed, name)))
+
+
+def counting_allreduce(state, bucket):
+    if recorder.on and not recorder.paused:
+        collectives["ddp_buckets"] += 1
+    recorder.paused += 1  # its all_reduce is this bucket's, not another collective
+    try:
+        return allreduce_hook(state, bucket)
+    finally:
+        recorder.paused -= 1
+
 
 cfg = load_config(config, overrides)
 accelerator = trainer_module.make_accelerator(timeout_s=cfg.train.dist_timeout_s)
 with Trainer(cfg, "smoke", None, accelerator, RunClock(time.perf_counter())) as trainer:
+    if accelerator.num_processes > 1:
+        trainer.model.prepared.register_comm_hook(None, counting_allreduce)
     with recorder:
         trainer.train_epoch()
     recorder.on = False
     set_sync_debug()
     steps = trainer.state.step
 with open(f"{out}.{accelerator.process_index}.json", "w") as f:
-    json.dump({"steps": steps, "world_size": accelerator.num_processes, "seen": recorder.seen, "calls": calls}, f)
+    json.dump({"steps": steps, "world_size": accelerator.num_processes, "seen": recorder.seen, "calls": calls,
+               "collectives": collectives}, f)

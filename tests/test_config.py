@@ -131,10 +131,18 @@ def test_a_saved_config_that_predates_a_key_keeps_its_former_meaning(tmp_path):
     assert load_config(tmp_path / "config.yaml").model.sum_head == "bilinear"
     assert load_config(tmp_path / "config.yaml", ["model.sum_head=bilinear"], saved=True).model.sum_head == "bilinear"
 
+    # Runs from before model.norm normalised over the whole global batch: one ghost BatchNorm group per batch.
+    del old["model"]["norm"], old["model"]["norm_group"]
+    old["train"]["global_batch_size"] = 256
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    model = load_config(tmp_path / "config.yaml", saved=True).model
+    assert (model.norm, model.norm_group) == ("ghost", 256)
+
     state = LoopState(config=old, config_name="default", world_size=1)
-    _check_same_recipe(load_config(None, ["model.sum_head=mlp"]), state, tmp_path / "step_000010")
+    _check_same_recipe(load_config(None, ["model.sum_head=mlp", "model.norm_group=256", "train.global_batch_size=256"]),
+                       state, tmp_path / "step_000010")
     with pytest.raises(UsageError, match=r"model.sum_head: 'mlp' -> 'bilinear'"):
-        _check_same_recipe(load_config(None), state, tmp_path / "step_000010")
+        _check_same_recipe(load_config(None, ["train.global_batch_size=256"]), state, tmp_path / "step_000010")
 
 
 def test_a_removed_key_is_dropped_from_a_saved_config_and_explained_to_a_user(tmp_path):

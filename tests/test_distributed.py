@@ -54,10 +54,11 @@ def _loss_gaps(one_dir, other_dir) -> list[float]:
 
 
 def test_one_and_two_processes_train_the_same_function(smoke_run, two_process_run):
-    # Same global batches, numbers, warps and dropout masks (tests/test_train_e2e.py), BatchNorm over the global
-    # batch and the loss weighted to the global mean: what is left is float rounding (reduction order). Measured:
-    # at most 0.05% apart; 1 against 2 threads in one process (rounding alone) is as far. Plain BatchNorm, each
-    # process normalising its own 32 samples, was 0.25% apart on this recipe.
+    # Same global batches, numbers, warps and dropout masks (tests/test_train_e2e.py), the same normalisation of
+    # each sample (BatchNorm groups never split between processes) and the loss weighted to the global mean:
+    # what is left is float rounding (reduction order); 1 against 2 threads in one process (rounding alone)
+    # moves the curve about as far. Plain BatchNorm, each process normalising its own 32 samples, was 0.25% apart
+    # on this recipe.
     assert max(_loss_gaps(smoke_run[0], two_process_run[0])) < 0.002
 
 

@@ -8,7 +8,7 @@ import json
 from conftest import launch
 
 
-def test_no_host_reads_or_host_made_tensors_between_log_steps(tmp_path):
+def test_no_host_reads_host_made_tensors_or_extra_collectives_between_log_steps(tmp_path):
     # 1536 / 64 = 24 steps: a warm-up window of 8, then 16 recorded steps (2 x train.log_every), 2 processes.
     result = launch(["tests/host_reads_check.py", str(tmp_path / "seen"), "data.train_limit=1536", "wandb.mode=disabled",
                      f"run.dir={tmp_path / 'run'}"], num_processes=2)
@@ -17,5 +17,9 @@ def test_no_host_reads_or_host_made_tensors_between_log_steps(tmp_path):
         seen = json.loads((tmp_path / f"seen.{rank}.json").read_text())
         assert seen["world_size"] == 2 and seen["steps"] == 24
         assert seen["seen"] == [], seen["seen"][:20]
-        # Logged at steps 8, 16 and 24; the stop request is asked there and nowhere else (before: every step).
-        assert seen["calls"] == {"_log_train_window": 3, "agreed": 3, "save_checkpoint": 0}
+        # Logged at steps 8, 16 and 24; the stop request is asked there and nowhere else (before: every step), and
+        # the BatchNorm shares are summed there.
+        assert seen["calls"] == {"_log_train_window": 3, "agreed": 3, "save_checkpoint": 0, "sum_running_stats": 3}
+        # One collective per step, DDP's gradient all-reduce (the smoke net's gradients fit one bucket): the
+        # BatchNorm layers communicate nothing (their running statistics are summed at log steps).
+        assert seen["collectives"] == {"ddp_buckets": 16, "other": []}
