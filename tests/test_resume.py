@@ -18,8 +18,11 @@ from wandb_records import history, merged_history
 
 from mnist_sum.checkpoint import find_latest, prune
 
-# 3 epochs x 128 steps of the smoke recipe, a checkpoint every 16 steps (and each epoch end), 3 kept.
-RECIPE = ["--config", "configs/smoke.yaml", "train.epochs=3", "checkpoint.every_steps=16", "checkpoint.keep_last=3"]
+# 3 epochs x 128 steps of the smoke recipe, a checkpoint every 16 steps (and each epoch end), 3 kept. Ghost
+# BatchNorm, the normalisation with state of its own: per-process shares of the running statistics, summed at
+# log steps and checkpoints, which a resume must restore exactly.
+RECIPE = ["--config", "configs/smoke.yaml", "train.epochs=3", "checkpoint.every_steps=16", "checkpoint.keep_last=3",
+          "model.norm=ghost"]
 
 
 def _cmd(num_processes: int) -> list[str]:
@@ -154,6 +157,18 @@ def test_two_processes_sigkill_in_epoch_3_then_resume_is_byte_identical(referenc
     _resume(tmp_path / "run", num_processes=2)
     assert (tmp_path / "run" / "model.safetensors").read_bytes() == (ref / "model.safetensors").read_bytes()
     assert _metrics(tmp_path / "run") == _metrics(ref)
+
+
+@pytest.mark.slow
+def test_ghost_batchnorm_trains_the_same_function_on_one_and_two_processes(reference):
+    # Each BatchNorm group of 16 lies on one process: the same normalisation of every sample, so the curves agree
+    # up to float rounding, as the default (no normalisation) does in tests/test_distributed.py.
+    one, two = _metrics(reference(1)), _metrics(reference(2))
+    pairs = [(a, b) for a, b in zip(one, two) if "train/loss" in a]
+    assert len(pairs) == 48 and all(a["step"] == b["step"] for a, b in pairs)
+    assert max(abs(b["train/loss"] / a["train/loss"] - 1) for a, b in pairs) < 0.002
+    val = [(a, b) for a, b in zip(one, two) if "val/digit_acc" in a]
+    assert len(val) == 3 and all(abs(a["val/digit_acc"] - b["val/digit_acc"]) <= 0.002 for a, b in val)
 
 
 @pytest.mark.slow
