@@ -5,7 +5,7 @@
   the running statistics are kept in per-process shares and summed at log steps (`sum_running_stats`).
   Plain BatchNorm normalises each process's slice by itself (8 GPUs with a batch of 128: 16 samples each, a
   different function from one GPU's 128); BatchNorm over the global batch, as torch's SyncBatchNorm, costs two
-  all-reduces per layer per step, in sequence with the layers (README: Scaling out has the candidates measured).
+  all-reduces per layer per step, in sequence with the layers (docs/distributed.md has the candidates measured).
 - `KeyedDropout`: dropout whose mask for a sample is a hash of that sample's key (seed, epoch, index; see
   `mnist_sum.batches`), not a draw from the process's RNG, so a sample gets the same mask on any rank, in any
   batch, and after a resume.

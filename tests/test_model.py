@@ -109,17 +109,22 @@ def test_bilinear_sum_head_is_one_linear_map_of_p_for_each_number():
     assert torch.allclose(model.sum_logits(logits, numbers), expected, atol=1e-4)
 
 
-def test_weights_written_before_the_bilinear_head_load_as_mlp(tmp_path):
+def test_weights_written_before_the_bilinear_head_and_model_norm_load_as_trained(tmp_path):
+    # Files of older versions: an MLP sum head, and BatchNorm (which evaluates as ghost BatchNorm does).
     from safetensors.torch import save_file
 
-    cfg = ModelConfig(channels=[8], sum_head="mlp")
-    model = build_model(cfg).eval()
+    cfg = ModelConfig(channels=[8], sum_head="mlp", norm="ghost")
+    model = build_model(cfg)
+    model.train()(*_batch()[::2], noise_key=torch.arange(16))  # running statistics of their own
+    sum_running_stats(model)
+    model.eval()
     stored = asdict(cfg)
-    del stored["sum_head"]  # what files of older versions hold
+    del stored["sum_head"], stored["norm"], stored["norm_group"]  # what files of older versions hold
     save_file(dict(model.state_dict()), str(tmp_path / "old.safetensors"), metadata={"model_config": json.dumps(stored)})
     loaded = load_weights(tmp_path / "old.safetensors")
     images, _, numbers = _batch()
     assert torch.equal(model(images, numbers)[1], loaded(images, numbers)[1])
+    assert isinstance(loaded.trunk[0][1], GhostBatchNorm2d)
 
 
 def test_saved_weights_rebuild_the_same_network(tmp_path):
