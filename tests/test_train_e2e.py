@@ -159,8 +159,8 @@ def test_existing_run_folder_is_never_overwritten(one_process_run, capsys):
 
 
 def test_a_global_batch_with_fewer_batchnorm_groups_than_processes_is_refused(tmp_path):
-    # Each process needs a whole BatchNorm group (16 samples in smoke): a global batch of 16 has one group.
-    result = launch(["train.py", "--config", "configs/smoke.yaml", "train.global_batch_size=16",
+    # With ghost BatchNorm each process needs a whole group (16 samples): a global batch of 16 has one.
+    result = launch(["train.py", "--config", "configs/smoke.yaml", "model.norm=ghost", "train.global_batch_size=16",
                      f"run.dir={tmp_path / 'r'}"], num_processes=2)
     line = ("mnist-sum: error: train.global_batch_size=16 leaves some of the 2 processes without a BatchNorm group of "
             "16 (model.norm_group) (use train.global_batch_size of at least 32; a smaller model.norm_group also does, "
