@@ -25,21 +25,13 @@ NORMS = ("ghost", "layer", "none")
 def rates(config: str, precision: str) -> dict[str, float]:
     import dataclasses
 
-    import torch
-
     from bench.speed import alternate, setup
-    from mnist_sum.model import build_model
-    from mnist_sum.schedule import make_optimizer
-    from mnist_sum.step import train_step
 
-    accelerator, cfg, sync, stream, _ = setup(config, precision)
+    accelerator, cfg, sync, stream, make_step = setup(config, precision)
     steps = {}
-    for norm in NORMS:
-        torch.manual_seed(0)
-        model_cfg = dataclasses.replace(cfg.model, norm=norm)
-        network = build_model(model_cfg, cfg.train.global_batch_size)
-        model, optimizer, scheduler = accelerator.prepare(network, *make_optimizer(network, cfg.optim, 10**6))
-        steps[norm] = (lambda m, o, s: lambda batch: train_step(m, batch, o, s, accelerator, cfg))(model, optimizer, scheduler)
+    for norm in NORMS:  # make_step builds the network of cfg.model as it is when called
+        cfg.model = dataclasses.replace(cfg.model, norm=norm)
+        steps[norm] = make_step()
     return alternate(steps, stream, cfg.train.global_batch_size, sync)
 
 

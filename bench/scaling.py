@@ -24,11 +24,9 @@ import itertools
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,10 +45,9 @@ DDP_VARIANTS = {
 
 
 def launch(processes: int, gpus: bool, script: list[str]) -> None:
-    mode = "--multi_gpu" if processes > 1 else ("--num_machines" if gpus else "--cpu")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", mode, *(["1"] if mode == "--num_machines" else []),
-           "--num_processes", str(processes), "--mixed_precision", "bf16" if gpus else "no", "--dynamo_backend", "no",
-           *script]
+    mode = ["--multi_gpu"] if processes > 1 else [] if gpus else ["--cpu"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *mode, "--num_machines", "1", "--num_processes",
+           str(processes), "--mixed_precision", "bf16" if gpus else "no", "--dynamo_backend", "no", *script]
     env = dict(os.environ, WANDB_MODE="disabled", TQDM_DISABLE="1")
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if result.returncode:
@@ -65,6 +62,11 @@ def step_rate(lines: list[dict], global_batch: int) -> float:
         n = (line["step"] - before["step"]) * global_batch
         samples, seconds = samples + n, seconds + n / line["train/samples_per_s"]
     return samples / seconds
+
+
+def loss_gap(run: dict, base: dict) -> float:
+    """The largest relative gap of train/loss at a logged step between two runs of the same steps."""
+    return max(abs(loss / base["losses"][step] - 1) for step, loss in run["losses"].items())
 
 
 def overrides(cfg, processes: int, weak: bool) -> list[str]:
@@ -90,27 +92,13 @@ def train_run(tmp: Path, processes: int, threads: int, weak: bool, args: argpars
             "losses": {x["step"]: x["train/loss"] for x in lines if "train/loss" in x}}
 
 
-def alternate(steps: dict, batches, sync, batch_size: int, rounds: int, window: int) -> dict[str, float]:
-    """Median samples/s (of the global batch) of each step function, in alternating windows; round 0 warms up."""
-    rates: dict[str, list[float]] = {name: [] for name in steps}
-    for round_ in range(rounds + 1):
-        for name, step in steps.items():
-            sync()
-            started = time.perf_counter()
-            for _ in range(window):
-                step(next(batches))
-            sync()
-            if round_:
-                rates[name].append(window * batch_size / (time.perf_counter() - started))
-    return {name: statistics.median(r) for name, r in rates.items()}
-
-
 def worker(out: str, args: argparse.Namespace) -> None:
     """Inside N processes: the real step's samples/s with and without DDP's all-reduce (or, --ddp, under each
     DDP setting), written by the main process as JSON."""
     import torch
     from accelerate.utils import DistributedDataParallelKwargs
 
+    from bench.speed import alternate
     from mnist_sum.accelerator import make_accelerator
     from mnist_sum.batches import TrainBatches
     from mnist_sum.config import load_config
@@ -151,7 +139,7 @@ def worker(out: str, args: argparse.Namespace) -> None:
     else:
         model, optimizer, scheduler = fresh(None)
         steps = {"with": step_fn(model, optimizer, scheduler), "without": step_fn(model, optimizer, scheduler, False)}
-    rates = alternate(steps, stream, sync, cfg.train.global_batch_size, args.rounds, args.window)
+    rates = alternate(steps, stream, cfg.train.global_batch_size, sync, args.rounds, args.window)
     if accelerator.is_main_process:
         Path(out).write_text(json.dumps(rates))
     accelerator.end_training()
@@ -186,14 +174,14 @@ def scaling_table(args: argparse.Namespace) -> None:
             one = runs[counts[0]]
             for n, run in runs.items():
                 share = collectives_share(Path(tmp), n, weak, args) if n > 1 else None
-                gap = None if weak else max(abs(loss / one["losses"][s] - 1) for s, loss in run["losses"].items())
+                gap = None if weak else loss_gap(run, one)
                 rows.append(("weak" if weak else "strong", f"{n} x {'GPU' if args.gpus else '1 thread'}", run,
                              run["samples_per_s"] / (n / counts[0] * one["samples_per_s"]), share, gap))
         if not args.gpus:  # one process with every core: what a single run on this machine uses instead
             alone = train_run(Path(tmp), 1, cores, False, args)
             one = rows[0][2]
             rows.append(("strong", f"1 x {cores} threads", alone, alone["samples_per_s"] / one["samples_per_s"], None,
-                         max(abs(loss / one["losses"][s] - 1) for s, loss in alone["losses"].items())))
+                         loss_gap(alone, one)))
     print(f"# {args.config} on {machine(args.gpus)}; efficiency: samples/s over (processes x 1 process's)"
           + ("" if args.gpus else f"; the last row: speed-up of {cores} threads over 1"))
     print("| scaling | processes | samples/s | efficiency | collectives' share | train/loss gap to 1 process "

@@ -84,8 +84,8 @@ def _start_shares(norm: GhostBatchNorm2d) -> None:
 @torch.no_grad()
 def sum_running_stats(model: nn.Module) -> None:
     """Make every ghost BatchNorm's running statistics the sum of all processes' shares, the same on every
-    process: one all_gather of every layer's shares, summed in rank order (an all-reduce could round differently
-    on different ranks). Then process 0's share is the sum and the others' zero. Idempotent; with one process,
+    process: one all_gather of every layer's shares, summed by the same op on every rank (an all-reduce could
+    round differently on different ranks). Then process 0's share is the sum and the others' zero. Idempotent; with one process,
     a copy. Called at every log line, evaluation and checkpoint, so an interrupted run and an uninterrupted one
     sum at the same steps and keep byte-identical statistics."""
     norms = [m for m in model.modules() if isinstance(m, GhostBatchNorm2d)]
@@ -98,9 +98,7 @@ def sum_running_stats(model: nn.Module) -> None:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         gathered = [torch.empty_like(shares) for _ in range(dist.get_world_size())]
         dist.all_gather(gathered, shares)
-        total = gathered[0].clone()
-        for other in gathered[1:]:
-            total += other
+        total = torch.stack(gathered).sum(0)
     else:
         total = shares
     first = float(_rank() == 0)

@@ -289,7 +289,7 @@ def test_ranks_agree_on_stop_decisions_batchnorm_statistics_and_train_metrics(tm
         # which decays to 0.9 of its 1; rank 0's share holds that decay, rank 1's only what its group added.
         assert s["running"] == pytest.approx([0.15, 0.9])
     assert seen[0]["shares"] == pytest.approx([0.05, 0.9]) and seen[1]["shares"] == pytest.approx([0.1, 0.0])
-    assert seen[0]["running"] == seen[1]["running"]  # bit for bit: summed in rank order on both
+    assert seen[0]["running"] == seen[1]["running"]  # bit for bit: the same gathered shares, summed the same way
     assert seen[0]["shares_after"] == seen[0]["running"] and seen[1]["shares_after"] == [0.0, 0.0]
     for s in seen:
         assert not s["stop_before_signal"] and s["stop_after_signal"]  # rank 1's signal stops both
