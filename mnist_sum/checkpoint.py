@@ -2,7 +2,8 @@
 torchtitan's CheckpointManager): when to save, what goes in, how it is written, and loading it back.
 
 A checkpoint is Accelerate's `save_state` (model, optimizer, scheduler, grad scaler, every process's
-RNG states) plus `best.safetensors` (the best-val weights so far, which the final test needs) and
+RNG states) plus `best.safetensors` (the weights kept so far, which the final test needs), with
+`train.ema_decay` `average.safetensors` (the moving average of the weights, mnist_sum.averaging), and
 `meta.json` (the `LoopState`), written last, holding the loop position and the SHA-256 of every other
 file. Everything is written into `.tmp_step_NNNNNN/` and renamed when complete, so a folder named
 `step_*` with a `meta.json` whose hashes match is a whole checkpoint, whatever happened during the save.
@@ -22,6 +23,7 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
+from mnist_sum.averaging import WeightAverage
 from mnist_sum.clock import RunClock
 from mnist_sum.config import CheckpointConfig
 from mnist_sum.errors import DamagedCheckpoint, Diverged, UsageError
@@ -30,6 +32,7 @@ from mnist_sum.state import LoopState
 from mnist_sum.window import TrainLog
 
 BEST = "best.safetensors"
+AVERAGE = "average.safetensors"
 _NAME = re.compile(r"^step_(\d+)$")
 
 
@@ -61,9 +64,9 @@ class Checkpointer:
     `load` restores a checkpoint into the prepared objects and returns its best-val weights."""
 
     def __init__(self, cfg: CheckpointConfig, policy: CheckpointPolicy, accelerator: Accelerator, run_dir: Path,
-                 network: torch.nn.Module, train_log: TrainLog, clock: RunClock) -> None:
+                 network: torch.nn.Module, average: WeightAverage | None, train_log: TrainLog, clock: RunClock) -> None:
         self.cfg, self.policy, self.accelerator, self.run_dir = cfg, policy, accelerator, run_dir
-        self.network, self.train_log, self.clock = network, train_log, clock
+        self.network, self.average, self.train_log, self.clock = network, average, train_log, clock
         self.tracker = train_log.tracker
 
     def after_step(self, state: LoopState, best_weights: dict[str, torch.Tensor], stop_requested: bool) -> Path | None:
@@ -80,15 +83,21 @@ class Checkpointer:
         if not all(torch.isfinite(t).all() for t in weights if t.is_floating_point()):
             raise Diverged(f"the weights became NaN or infinite by step {state.step}; no checkpoint holds them", state.step)
         state.metrics_lines, state.train_time_s = self.tracker.lines, self.clock.train_time()
-        folder = save_checkpoint(self.accelerator, self.run_dir, state, best_weights, self.cfg.keep_last)
+        files = {BEST: best_weights} | ({AVERAGE: self.average.state_dict()} if self.average else {})
+        folder = save_checkpoint(self.accelerator, self.run_dir, state, files, self.cfg.keep_last)
         if self.cfg.wandb_artifacts:
             self.tracker.log_checkpoint(folder, state.step)
         return folder
 
-    def load(self, checkpoint: Path) -> dict[str, torch.Tensor]:
-        """Model, optimizer, schedule, grad scaler and this process's RNG from `checkpoint` (verified when the run
-        folder was opened); returns its best-val weights."""
+    def load(self, checkpoint: Path, step: int) -> dict[str, torch.Tensor]:
+        """Model, optimizer, schedule, grad scaler, this process's RNG and the weights' average from `checkpoint`
+        (verified when the run folder was opened; written at `step`); returns the weights kept so far."""
         self.accelerator.load_state(str(checkpoint))
+        if self.average:
+            if not (checkpoint / AVERAGE).is_file():
+                raise UsageError(f"checkpoint {checkpoint} holds no average of the weights, which train.ema_decay "
+                                 f"= {self.average.decay} needs", "resume it with train.ema_decay=0")
+            self.average.load(load_file(str(checkpoint / AVERAGE), device=str(self.accelerator.device)), step)
         return load_best(checkpoint)
 
 
@@ -100,9 +109,10 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: LoopState, best_weights: dict[str, torch.Tensor],
-                    keep_last: int) -> Path:
-    """Write step_NNNNNN/ atomically (every process takes part), then prune to `keep_last`."""
+def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: LoopState,
+                    weights: dict[str, dict[str, torch.Tensor]], keep_last: int) -> Path:
+    """Write step_NNNNNN/ atomically (every process takes part), with each of `weights` (file name -> tensors)
+    as a safetensors file, then prune to `keep_last`."""
     final = run_dir / f"step_{state.step:06d}"
     tmp = run_dir / f".tmp_step_{state.step:06d}"
     if final.exists():  # e.g. a stop requested right after resuming: that state is already on disk
@@ -113,7 +123,8 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: LoopState, b
     accelerator.save_state(str(tmp))  # model and optimizer from the main process; each process's RNG
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_file({k: v.detach().cpu().contiguous() for k, v in best_weights.items()}, str(tmp / BEST))
+        for name, tensors in weights.items():
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / name))
         state.write(tmp, {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()})
         tmp.rename(final)
         prune(run_dir, keep_last)

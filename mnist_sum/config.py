@@ -161,6 +161,12 @@ class TrainConfig:
     """Samples per evaluation batch over all processes."""
     log_every: int = 50
     """Write a train metrics line every this many steps."""
+    ema_decay: float = 0.999
+    """Validate and keep an exponential moving average of the weights with this decay per step (0 = the
+    weights themselves); mnist_sum.averaging. Val figures of the weights themselves are logged as val_live/."""
+    select_z: float = 2.0
+    """Keep the last epoch's weights unless an earlier epoch's are right on more val samples by more than this
+    many standard errors of the difference (McNemar); 0 = the best val epoch. mnist_sum.selection."""
     compile: bool = False
     """torch.compile the model for training. Off: on the 2-core development CPU (torch 2.14, inductor) the
     compiled training step was slower for both recipes (quick: 6,500 against 8,000 samples/s in fp32, 7,800
@@ -183,6 +189,9 @@ class TrainConfig:
         _check(self.eval_batch_size >= 1, f"train.eval_batch_size must be >= 1, got {self.eval_batch_size}",
                "e.g. 1000")
         _check(self.log_every >= 1, f"train.log_every must be >= 1, got {self.log_every}", "e.g. 50")
+        _check(0 <= self.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {self.ema_decay}",
+               "e.g. 0.999, or 0 to keep the weights themselves")
+        _check(self.select_z >= 0, f"train.select_z must be >= 0, got {self.select_z}", "e.g. 2, or 0 for best-val")
         _check(self.cpu_threads >= 0, f"train.cpu_threads must be >= 0, got {self.cpu_threads}", "0 = automatic")
         _check(self.dist_timeout_s >= 10, f"train.dist_timeout_s must be >= 10, got {self.dist_timeout_s}", "e.g. 300")
 
@@ -416,6 +425,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 FORMER_DEFAULTS: dict[str, Any] = {
     "model.sum_head": "mlp",
     "model.norm": "ghost",
+    "train.ema_decay": 0.0,
+    "train.select_z": 0.0,
     "model.norm_group": lambda tree: tree.get("train", {}).get("global_batch_size", TrainConfig.global_batch_size),
 }
 

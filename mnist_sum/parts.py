@@ -10,6 +10,7 @@ import yaml
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
+from mnist_sum.averaging import WeightAverage
 from mnist_sum.batches import EvalBatches, TrainBatches
 from mnist_sum.checkpoint import Checkpointer
 from mnist_sum.config import Config
@@ -67,6 +68,8 @@ class Model:
     when there are several processes) and, with `train.compile`, compiled."""
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
+    average: WeightAverage | None
+    """The moving average of the weights (`train.ema_decay`), or None: the weights the run validates and keeps."""
 
     @property
     def num_params(self) -> int:
@@ -82,7 +85,8 @@ def build_model_and_optimizer(cfg: Config, accelerator: Accelerator, total_steps
     network = accelerator.unwrap_model(prepared)  # the same network, on the training device
     if cfg.train.compile:  # the steps run the compiled module; checkpoints and evaluation the plain one
         prepared = torch.compile(prepared)
-    return Model(network, prepared, optimizer, scheduler)
+    average = WeightAverage(network, cfg.train.ema_decay) if cfg.train.ema_decay else None
+    return Model(network, prepared, optimizer, scheduler, average)
 
 
 def open_run_folder(cfg: Config, config_name: str, resume: str | None, accelerator: Accelerator,
@@ -106,7 +110,7 @@ def start_state(cfg: Config, config_name: str, opened: OpenedRun, accelerator: A
     if opened.checkpoint is None or opened.state is None:
         return LoopState(config=cfg.to_dict(), config_name=config_name, world_size=world), {}
     state = opened.state
-    best_weights = checkpointer.load(opened.checkpoint)
+    best_weights = checkpointer.load(opened.checkpoint, state.step)
     if state.world_size != world:
         accelerator.print(
             f"mnist-sum: note: the checkpoint was written by {state.world_size} process(es); the run continues "

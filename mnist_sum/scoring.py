@@ -94,6 +94,12 @@ def metrics(preds: Predictions) -> dict[str, float | int]:
     return out
 
 
+def wrong_samples(preds: Predictions) -> list[int]:
+    """The indices of the samples wrong on either head, in order."""
+    digit_ok, sum_ok = hits(preds["label"], preds["number"], preds["pred_digit"], preds["pred_sum"])
+    return preds["index"][~(digit_ok & sum_ok)].tolist()
+
+
 def digit_confusion(preds: Predictions) -> list[list[int]]:
     """`[true digit][predicted digit]` counts over the gathered predictions."""
     flat = preds["label"] * NUM_DIGITS + preds["pred_digit"]

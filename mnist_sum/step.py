@@ -14,6 +14,7 @@ import torch
 from accelerate import Accelerator
 
 from mnist_sum.augment import corrupt, warp
+from mnist_sum.averaging import WeightAverage
 from mnist_sum.config import Config
 from mnist_sum.model import sum_loss
 
@@ -29,8 +30,10 @@ class StepOutput(NamedTuple):
 
 
 def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-               scheduler: torch.optim.lr_scheduler.LRScheduler, accelerator: Accelerator, cfg: Config) -> StepOutput:
-    """One optimizer step on `batch`, this process's slice of the global batch."""
+               scheduler: torch.optim.lr_scheduler.LRScheduler, accelerator: Accelerator, cfg: Config,
+               average: WeightAverage | None = None) -> StepOutput:
+    """One optimizer step on `batch`, this process's slice of the global batch; then the weights' moving
+    average, if any, takes the new weights in."""
     images = batch["image"]
     if cfg.augment.enabled:  # each sample's warp is a function of (seed, epoch, index), like its number
         images = warp(images, cfg.augment, batch["warp"])
@@ -54,5 +57,7 @@ def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer
     optimizer.step()  # under fp16 the scaler skips it (inside the fused kernel) when a gradient is inf/NaN
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
+    if average is not None:
+        average.update(model)
     skipped = ~torch.isfinite(grad_norm) if scaler is not None else None  # the scaler's own test: any inf/NaN
     return StepOutput(digit_logits, sum_logits, digit_ce, sum_ce, skipped)

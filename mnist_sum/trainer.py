@@ -1,7 +1,8 @@
 """The training loop, readable top to bottom: `train()` is the recipe, `Trainer` holds the parts it calls.
 
 set up (Accelerator, data, model, run folder, resume) -> for each epoch: train its steps, validate and keep
-the best-val weights, checkpoint -> score the test split once, on those weights, and write the outputs.
+the weights val selects (mnist_sum.selection), checkpoint -> score the test split once, on those weights, and
+write the outputs.
 Every way out, success or not, goes through one exit path that closes the trackers, restores the signal
 handlers and ends the Accelerator's run.
 """
@@ -31,7 +32,8 @@ from mnist_sum.peers import peers_watched
 from mnist_sum.plots import PlotWriter
 from mnist_sum.ranks import check_world
 from mnist_sum.results import Results, git_state, results_record
-from mnist_sum.scoring import Predictions, digit_confusion, gather_predictions, metrics
+from mnist_sum.scoring import Predictions, digit_confusion, gather_predictions, metrics, wrong_samples
+from mnist_sum.selection import later_replaces
 from mnist_sum.signals import StopRequest
 from mnist_sum.step import StepOutput, train_step
 from mnist_sum.tracking import Tracker, tracker_names
@@ -88,7 +90,7 @@ class Trainer:
             self.train_log = TrainLog(accelerator, self.tracker, self.model.scheduler, self.data.steps_per_epoch)
             self.checkpointer = Checkpointer(
                 cfg.checkpoint, CheckpointPolicy(cfg.checkpoint, cfg.train.epochs, self.data.steps_per_epoch),
-                accelerator, self.run_dir, self.model.network, self.train_log, clock)
+                accelerator, self.run_dir, self.model.network, self.model.average, self.train_log, clock)
             self.state, self.best_weights = start_state(cfg, config_name, opened, accelerator, self.checkpointer)
             self.git = git_state()  # once: W&B and results.json record the same answer
             self.state.wandb_run_id = self.tracker.start(cfg, cfg.to_dict() | {"git": self.git}, self.run_dir.name,
@@ -144,7 +146,8 @@ class Trainer:
         """`train_step`; the run's first step also counts the model's FLOPs per sample."""
         def step() -> StepOutput:
             model = self.model
-            return train_step(model.prepared, batch, model.optimizer, model.scheduler, self.accelerator, self.cfg)
+            return train_step(model.prepared, batch, model.optimizer, model.scheduler, self.accelerator, self.cfg,
+                              model.average)
 
         if self.state.flops_per_sample:
             return step()
@@ -153,28 +156,34 @@ class Trainer:
         return out
 
     def validate_and_select(self) -> None:
-        """Score the val split; keep these weights (in memory) if both heads are right on at least as many val
-        samples as ever before (a tie goes to the later epoch, trained longer at a lower learning rate).
+        """Score the val split with the weights the run keeps (their moving average, with `train.ema_decay`), and
+        keep them (in memory) unless the weights kept so far are better beyond val's noise (mnist_sum.selection:
+        a later epoch, trained longer at a lower learning rate, wins a near tie).
 
         Selection is on accuracy, what the run is for, not on val loss: with label smoothing the net is
         trained to be unsure, and its plain cross-entropy on val stops falling while its accuracy still
         rises (measured: the lowest val loss at epoch 7 of 12, 99.48% against 99.60% at epoch 11)."""
-        state, accelerator, network = self.state, self.accelerator, self.model.network
+        state, accelerator, network, average = self.state, self.accelerator, self.model.network, self.model.average
         sum_running_stats(network)
+        candidate = average.module_for_eval(network) if average else network
         # Exhaustive too (each val image with every number; the sum head only, ten times): val's own measure of
         # whether the net adds, which 5,000 (image, number) pairs alone hardly test.
-        preds = gather_predictions(network, self.data.val_batches, accelerator, exhaustive=True)
+        preds = gather_predictions(candidate, self.data.val_batches, accelerator, exhaustive=True)
         val = metrics(preds)
-        self.tracker.log({f"val/{k}": v for k, v in val.items()}
-                         | {"epoch": state.epoch + 1, "train/elapsed_s": self.clock.train_time()}, state.step)
+        logged = {f"val/{k}": v for k, v in val.items()}
+        if average:  # what averaging buys, on the chart beside it
+            live = metrics(gather_predictions(network, self.data.val_batches, accelerator))
+            logged |= {f"val_live/{k}": live[k] for k in ("digit_acc", "sum_acc", "joint_acc", "loss")}
+        self.tracker.log(logged | {"epoch": state.epoch + 1, "train/elapsed_s": self.clock.train_time()}, state.step)
         self.tracker.log_examples(preds, self.data.val_set.images, "val", self.cfg.wandb.num_examples, state.step)
-        better = not state.best_val or val["joint_acc"] >= state.best_val["joint_acc"]
-        if better:
-            state.best_val = {**val, "epoch": state.epoch + 1, "step": state.step}
-            self.best_weights = {k: v.detach().clone() for k, v in network.state_dict().items()}
+        wrong = wrong_samples(preds)
+        kept = not state.best_val or later_replaces(state.kept_wrong, wrong, self.cfg.train.select_z)
+        if kept:
+            state.best_val, state.kept_wrong = {**val, "epoch": state.epoch + 1, "step": state.step}, wrong
+            self.best_weights = {k: v.detach().clone() for k, v in candidate.state_dict().items()}
         accelerator.print(
             f"epoch {state.epoch + 1}/{self.cfg.train.epochs}: val digit {val['digit_acc']:.2%} sum {val['sum_acc']:.2%} "
-            f"loss {val['loss']:.4f}{'  (best)' if better else ''}  [{time.perf_counter() - self.clock.marks['train']:.0f}s]")
+            f"loss {val['loss']:.4f}{'  (kept)' if kept else ''}  [{time.perf_counter() - self.clock.marks['train']:.0f}s]")
 
     def end_epoch(self) -> None:
         self.state.epoch, self.state.batches_done = self.state.epoch + 1, 0
@@ -187,7 +196,7 @@ class Trainer:
         self.state.train_time_s = self.clock.train_time()
 
     def test(self) -> tuple[dict[str, Any], Predictions]:
-        """Score the test split, once, on the selected (best-val) weights."""
+        """Score the test split, once, on the kept weights."""
         self.model.network.load_state_dict(self.best_weights)
         preds = gather_predictions(self.model.network, self.data.test_batches, self.accelerator, exhaustive=True)
         test = metrics(preds)
