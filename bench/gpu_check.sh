@@ -60,10 +60,12 @@ check default-bf16 train default-bf16 bf16
 check quick-fp16 train quick-fp16 fp16 --config configs/quick.yaml
 check quick-bf16-compiled train quick-bf16-compiled bf16 --config configs/quick.yaml train.compile=true
 
-# 150 steps of the quick recipe, log lines every 50: 100 steps recorded between them, syncs raising.
+# 150 steps of the quick recipe with the default's moving average of the weights, log lines every 50: 100 steps
+# recorded between them, syncs raising.
 sync_free() {
   MNIST_SUM_SYNC_DEBUG=1 "${launch[@]}" --num_processes 1 --mixed_precision bf16 tests/host_reads_check.py \
     "$out/host_reads" --config configs/quick.yaml data.train_limit=38400 train.log_every=50 wandb.mode=disabled \
+    train.ema_decay=0.999 \
     run.dir="$out/host-reads-run" &&
   python3 -c "import json,sys; s=json.load(open('$out/host_reads.0.json')); print(s); sys.exit(bool(s['seen']))"
 }

@@ -28,6 +28,7 @@ import torch
 
 from mnist_sum.accelerator import make_accelerator
 from mnist_sum.augment import corrupt, warp
+from mnist_sum.averaging import WeightAverage
 from mnist_sum.batches import TrainBatches
 from mnist_sum.config import PROJECT_ROOT, load_config
 from mnist_sum.data import load_splits, make_datasets
@@ -52,7 +53,8 @@ def setup(config: str, precision: str):
         model = build_model(cfg.model, cfg.train.global_batch_size)
         model, optimizer, scheduler = accelerator.prepare(model, *make_optimizer(model, cfg.optim, 10**6))
         forward = torch.compile(model) if compiled else model
-        return lambda batch: train_step(forward, batch, optimizer, scheduler, accelerator, cfg)
+        average = WeightAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay else None
+        return lambda batch: train_step(forward, batch, optimizer, scheduler, accelerator, cfg, average)
 
     sync = torch.accelerator.synchronize if accelerator.device.type != "cpu" else lambda: None
     return accelerator, cfg, sync, stream(), make_step

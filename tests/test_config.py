@@ -24,7 +24,7 @@ def test_robust_yaml_is_the_default_trained_on_corruptions():
     assert {k: v for k, v in robust.items() if v != flatten(Config().to_dict())[k]} == {"augment.corrupt": 0.3}
 
 
-@pytest.mark.parametrize("name", ["default", "quick", "smoke", "robust"])
+@pytest.mark.parametrize("name", ["default", "quick", "quick-robust", "smoke", "robust"])
 def test_shipped_configs_load(name):
     # Every value the file spells out is the value the run gets.
     path = ROOT / "configs" / f"{name}.yaml"
