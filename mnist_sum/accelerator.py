@@ -18,6 +18,7 @@ from accelerate.utils import (
 
 from mnist_sum.cpu import keep_freed_memory, set_threads
 from mnist_sum.errors import LaunchError, UsageError
+from mnist_sum.launch_flags import check_launch_flags
 from mnist_sum.process_group import form_group
 
 
@@ -41,6 +42,7 @@ def make_accelerator(log_with: list[str] | None = None, timeout_s: int = 300, cp
     # `accelerate launch --multi_gpu` on a machine without GPUs would start independent single-process
     # runs; asking for the CPU makes them one data-parallel job over gloo instead.
     cpu = world > 1 and not torch.cuda.is_available()
+    check_launch_flags(gpu=torch.cuda.is_available())
     _check_trackers(log_with or [])
     form_group(timeout_s)
     accelerator = Accelerator(

@@ -14,6 +14,7 @@ import atexit
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -22,6 +23,7 @@ from mnist_sum.config import DEFAULT_CONFIG, PROJECT_ROOT, load_config
 from mnist_sum.errors import LostPeer, ProjectError, Stopped, UsageError
 from mnist_sum.files import write_json
 from mnist_sum.idx_files import read_ahead
+from mnist_sum.launch_flags import check_launch_flags
 from mnist_sum.launcher import max_restarts, restart_count, tell_launcher
 
 
@@ -53,6 +55,10 @@ def run_command(command: Callable[[], int | None], debug: bool) -> int:
         # Every process meets the same error and one line is enough; a lost peer is each process's own news.
         _say(err.line(), every_rank=isinstance(err, LostPeer))
         tell_launcher(err.line())
+        if os.environ.get("RANK", "0") != "0" and not isinstance(err, LostPeer):
+            # The launcher stops every process as soon as one exits: give process 0, which says the line, the time
+            # to say it before this one's exit gets it killed.
+            time.sleep(2)
         return err.exit_code
     except Stopped as stop:
         _say(stop.line())
@@ -97,6 +103,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             # Without a name, each start would make a new timestamped folder: nothing would ever be resumed.
             raise UsageError("--resume auto needs to know which run to continue",
                              "name it: run.name=NAME for the folder runs/NAME, or run.dir=PATH; the same at every start")
+        check_launch_flags()  # before torch loads: every process refuses at once, before the launcher stops them
         if cfg.data.source == "idx":
             read_ahead(cfg.data.idx_dir)  # the data files are read while torch loads: mnist_sum.idx_files says why
         from mnist_sum.runs import run_dir_for  # after the config is read: see the module docstring

@@ -159,6 +159,11 @@ class TrainConfig:
     """Samples per optimizer step over all processes; each process takes global / processes."""
     eval_batch_size: int = 1000
     """Samples per evaluation batch over all processes."""
+    micro_batches: int = 1
+    """Split each process's slice of a step into this many micro-batches, one forward and backward each, then one
+    optimizer step (gradient accumulation: less memory, the same global batch; `accelerate launch
+    --gradient_accumulation_steps N` sets it). No normalisation mixes samples of different micro-batches (ghost
+    BatchNorm groups stay whole), so the function is the same."""
     log_every: int = 50
     """Write a train metrics line every this many steps."""
     ema_decay: float = 0.999
@@ -189,6 +194,7 @@ class TrainConfig:
         _check(self.eval_batch_size >= 1, f"train.eval_batch_size must be >= 1, got {self.eval_batch_size}",
                "e.g. 1000")
         _check(self.log_every >= 1, f"train.log_every must be >= 1, got {self.log_every}", "e.g. 50")
+        _check(self.micro_batches >= 1, f"train.micro_batches must be >= 1, got {self.micro_batches}", "e.g. 1")
         _check(0 <= self.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {self.ema_decay}",
                "e.g. 0.999, or 0 to keep the weights themselves")
         _check(self.select_z >= 0, f"train.select_z must be >= 0, got {self.select_z}", "e.g. 2, or 0 for best-val")

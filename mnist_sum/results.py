@@ -44,10 +44,13 @@ class Results(TypedDict):
     mixed_precision: str
     peak_memory_mb: float
     versions: dict[str, str]
+    launch_flags: dict[str, Any]  # the accelerate launch flags the run honoured (mnist_sum.launch_flags)
+    threads: int  # torch's CPU threads per process
 
 
 def results_record(cfg: Config, state: LoopState, test: dict[str, Any], clock: RunClock, resumed_from: str | None,
-                   git: dict[str, Any] | None, accelerator: Accelerator) -> Results:
+                   git: dict[str, Any] | None, accelerator: Accelerator,
+                   launch_flags: dict[str, Any] | None = None) -> Results:
     import accelerate  # here: reading records (bench/table.py) stays free of torch (module docstring)
     import torch
 
@@ -62,7 +65,8 @@ def results_record(cfg: Config, state: LoopState, test: dict[str, Any], clock: R
         wall_time_s=round(clock.wall_time(), 2), phases_s=clock.phases(), git=git,
         world_size=accelerator.num_processes, device=f"{device.type} ({name})",
         mixed_precision=accelerator.mixed_precision, peak_memory_mb=round(peak_memory_bytes(device) / 2**20, 1),
-        versions={"python": sys.version.split()[0], "torch": torch.__version__, "accelerate": accelerate.__version__})
+        versions={"python": sys.version.split()[0], "torch": torch.__version__, "accelerate": accelerate.__version__},
+        launch_flags=launch_flags or {}, threads=torch.get_num_threads())
 
 
 def read_results(run_dir: Path) -> Results:

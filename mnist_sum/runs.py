@@ -14,7 +14,8 @@ from mnist_sum.launcher import launch_time
 from mnist_sum.state import LoopState
 
 # Keys that may differ between a checkpoint and the resumed run: none of them changes the weights.
-RESUMABLE_CHANGES = ("run.", "checkpoint.", "wandb.", "tracking.", "train.log_every")
+# train.micro_batches: the same function, summed in another order (like another number of processes).
+RESUMABLE_CHANGES = ("run.", "checkpoint.", "wandb.", "tracking.", "train.log_every", "train.micro_batches")
 
 
 def run_dir_for(cfg: Config, config_name: str) -> Path:

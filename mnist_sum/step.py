@@ -29,11 +29,25 @@ class StepOutput(NamedTuple):
     """fp16 only: True when the gradients held inf/NaN and the grad scaler skipped the update."""
 
 
-def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-               scheduler: torch.optim.lr_scheduler.LRScheduler, accelerator: Accelerator, cfg: Config,
-               average: WeightAverage | None = None) -> StepOutput:
-    """One optimizer step on `batch`, this process's slice of the global batch; then the weights' moving
-    average, if any, takes the new weights in."""
+def _micro_batches(batch: dict[str, torch.Tensor], count: int, unit: int, accelerator: Accelerator,
+                   model: torch.nn.Module):
+    """`batch` cut into `count` parts of whole `unit`s (empty ones left out), each yielded inside
+    `accelerator.no_sync` except the last, so gradients are exchanged once per step."""
+    units = len(batch["label"]) // unit
+    cuts = [unit * round(k * units / count) for k in range(count + 1)]
+    spans = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+    for i, (a, b) in enumerate(spans):
+        part = {key: value[a:b] for key, value in batch.items()}
+        if i < len(spans) - 1:
+            with accelerator.no_sync(model):
+                yield part
+        else:
+            yield part
+
+
+def _one_pass(model: torch.nn.Module, batch: dict[str, torch.Tensor], accelerator: Accelerator,
+              cfg: Config) -> tuple[torch.Tensor, ...]:
+    """Forward and backward of one (micro-)batch; its logits and per-sample cross-entropies."""
     images = batch["image"]
     if cfg.augment.enabled:  # each sample's warp is a function of (seed, epoch, index), like its number
         images = warp(images, cfg.augment, batch["warp"])
@@ -47,6 +61,20 @@ def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer
     # samples of a smaller slice more).
     loss = (digit_ce.sum() + sum_ce.sum()) * (accelerator.num_processes / (2 * cfg.train.global_batch_size))
     accelerator.backward(loss)
+    return digit_logits, sum_logits, digit_ce, sum_ce
+
+
+def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+               scheduler: torch.optim.lr_scheduler.LRScheduler, accelerator: Accelerator, cfg: Config,
+               average: WeightAverage | None = None) -> StepOutput:
+    """One optimizer step on `batch`, this process's slice of the global batch; then the weights' moving
+    average, if any, takes the new weights in."""
+    # Gradient accumulation: micro-batches of whole normalisation groups, gradients summed (DDP's all-reduce
+    # only after the last one), one optimizer step. Each micro-batch's loss is scaled as the whole step's is,
+    # so their sum is the step's loss.
+    parts = [_one_pass(model, micro, accelerator, cfg) for micro in
+             _micro_batches(batch, cfg.train.micro_batches, cfg.model.norm_unit, accelerator, model)]
+    digit_logits, sum_logits, digit_ce, sum_ce = parts[0] if len(parts) == 1 else map(torch.cat, zip(*parts))
     scaler = accelerator.scaler  # fp16 on a GPU
     grad_norm = None
     if cfg.optim.grad_clip:

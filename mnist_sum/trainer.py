@@ -25,6 +25,7 @@ from mnist_sum.config import Config
 from mnist_sum.errors import Stopped
 from mnist_sum.files import write_json
 from mnist_sum.flops import count_flops
+from mnist_sum.launch_flags import read_launch_flags
 from mnist_sum.layers import sum_running_stats
 from mnist_sum.outputs import save_predictions, save_weights
 from mnist_sum.parts import build_data, build_model_and_optimizer, open_run_folder, start_state
@@ -46,10 +47,11 @@ def train(cfg: Config, config_name: str = "default", resume: str | None = None) 
     `resume`: None (a new run folder), "auto" (the newest whole checkpoint of the run folder, if any) or
     the path of a step_* folder. SIGTERM/SIGINT saves a checkpoint and raises `Stopped`."""
     clock = RunClock(time.perf_counter())
+    cfg, launch_flags = read_launch_flags(cfg)
     accelerator = make_accelerator(log_with=tracker_names(cfg), timeout_s=cfg.train.dist_timeout_s,
                                    cpu_threads=cfg.train.cpu_threads)
     # Outermost: a lost peer becomes one line after the trainer's clean-up.
-    with peers_watched(accelerator), Trainer(cfg, config_name, resume, accelerator, clock) as trainer:
+    with peers_watched(accelerator), Trainer(cfg, config_name, resume, accelerator, clock, launch_flags) as trainer:
         while trainer.state.epoch < cfg.train.epochs:
             trainer.train_epoch()
             trainer.validate_and_select()
@@ -67,8 +69,9 @@ class Trainer:
     request. A context manager: leaving it (whatever the way out) undoes what was set up, in reverse order."""
 
     def __init__(self, cfg: Config, config_name: str, resume: str | None, accelerator: Accelerator,
-                 clock: RunClock) -> None:
+                 clock: RunClock, launch_flags: dict[str, Any] | None = None) -> None:
         self.cfg, self.accelerator, self.clock = cfg, accelerator, clock
+        self.launch_flags = launch_flags or {}
         # Each part's clean-up is registered where the part is made; if a later part fails, the earlier ones
         # are undone at once; once all are made, `__exit__` undoes them.
         with ExitStack() as on_exit:
@@ -102,7 +105,10 @@ class Trainer:
             f"mnist-sum: {len(data.train_set)} train / {len(data.val_set)} val / {len(data.test_set)} test images, "
             f"{accelerator.num_processes} process(es) on {accelerator.device}, mixed precision "
             f"{accelerator.mixed_precision}, {cfg.train.epochs} epochs x {data.steps_per_epoch} steps of "
-            f"{cfg.train.global_batch_size}")
+            f"{cfg.train.global_batch_size}"
+            + (f" in {cfg.train.micro_batches} micro-batches" if cfg.train.micro_batches > 1 else "")
+            + (f"; accelerate launch flags: {', '.join(f'{k}={v}' for k, v in self.launch_flags.items())}"
+               if self.launch_flags else ""))
         clock.trained_before = self.state.train_time_s  # earlier sessions of this run
         clock.mark("train")
 
@@ -213,7 +219,8 @@ class Trainer:
             save_weights(run_dir / "model.safetensors", self.model.network, self.cfg.model)
             save_predictions(run_dir / "test_predictions.csv", preds)
             self.plots.write(run_dir, digit_confusion(preds))
-        results = results_record(self.cfg, self.state, test, self.clock, self.resumed_from, self.git, self.accelerator)
+        results = results_record(self.cfg, self.state, test, self.clock, self.resumed_from, self.git, self.accelerator,
+                                 self.launch_flags)
         self.tracker.summary({k: results[k] for k in ("train_flops", "train_flops_per_s", "flops_per_sample")})
         if self.accelerator.is_main_process:
             write_json(run_dir / "results.json", results)
