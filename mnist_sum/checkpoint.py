@@ -97,7 +97,7 @@ class Checkpointer:
             if not (checkpoint / AVERAGE).is_file():
                 raise UsageError(f"checkpoint {checkpoint} holds no average of the weights, which train.ema_decay "
                                  f"= {self.average.decay} needs", "resume it with train.ema_decay=0")
-            self.average.load(load_file(str(checkpoint / AVERAGE), device=str(self.accelerator.device)), step)
+            self.average.load(load_file(str(checkpoint / AVERAGE)), step)  # copied onto the device
         return load_best(checkpoint)
 
 

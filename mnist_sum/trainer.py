@@ -9,6 +9,7 @@ handlers and ends the Accelerator's run.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from contextlib import ExitStack
@@ -61,6 +62,15 @@ def train(cfg: Config, config_name: str = "default", resume: str | None = None) 
         results = trainer.write_outputs(test, preds)
         accelerator.wait_for_everyone()
     return results
+
+
+def _progress_bar(main: bool) -> dict[str, Any]:
+    """tqdm's `disable`: the main process draws a bar on a terminal only (None: tqdm asks whether stderr is
+    one), so logs and Slurm files hold lines, not carriage returns; TQDM_DISABLE, when set, decides instead
+    (tqdm reads it only for arguments not passed)."""
+    if not main:
+        return {"disable": True}
+    return {} if "TQDM_DISABLE" in os.environ else {"disable": None}
 
 
 class Trainer:
@@ -131,7 +141,7 @@ class Trainer:
         # A resumed epoch skips the batches already trained on; the order itself is a function of (seed, epoch).
         batches = data.train_batches.batches(start=state.batches_done)
         with tqdm(batches, desc=f"epoch {state.epoch + 1}/{cfg.train.epochs}", leave=False, initial=state.batches_done,
-                  total=data.steps_per_epoch, disable=not self.accelerator.is_main_process) as bar:
+                  total=data.steps_per_epoch, **_progress_bar(self.accelerator.is_main_process)) as bar:
             for batch in bar:
                 out = self._train_step(batch)
                 state.step += 1

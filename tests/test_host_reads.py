@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import launch
 
 
-def test_no_host_reads_host_made_tensors_or_extra_collectives_between_log_steps(tmp_path):
+@pytest.mark.parametrize("micro_batches", [1, 2])
+def test_no_host_reads_host_made_tensors_or_extra_collectives_between_log_steps(micro_batches, tmp_path):
     # 1536 / 64 = 24 steps: a warm-up window of 8, then 16 recorded steps (2 x train.log_every), 2 processes.
     # Ghost BatchNorm: of the normalisations, the one with statistics, which it must not exchange in the step.
+    # Two micro-batches (a ghost group each): gradients still exchanged once per step, after the last one.
     result = launch(["tests/host_reads_check.py", str(tmp_path / "seen"), "data.train_limit=1536", "wandb.mode=disabled",
-                     "model.norm=ghost", f"run.dir={tmp_path / 'run'}"], num_processes=2)
+                     "model.norm=ghost", f"train.micro_batches={micro_batches}", f"run.dir={tmp_path / 'run'}"],
+                    num_processes=2)
     assert result.returncode == 0, result.stderr[-3000:]
     for rank in (0, 1):
         seen = json.loads((tmp_path / f"seen.{rank}.json").read_text())

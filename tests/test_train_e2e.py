@@ -39,6 +39,7 @@ def test_two_process_run_writes_complete_results(two_process_run, mnist):
         "accuracy.png", "config.yaml", "confusion_digit.png", "loss.png", "metrics.jsonl", "model.safetensors",
         "results.json", "step_000128", "test_predictions.csv", "wandb"]
     assert result.stdout.count("mnist-sum: run folder") == 1  # only the main process talks
+    assert "\r" not in result.stdout + result.stderr  # no progress bar off a terminal: a log holds lines
     results = json.loads((run_dir / "results.json").read_text())
     assert results["world_size"] == 2
     # Provenance: the commit the code ran from, and whether the tree differed from it.
