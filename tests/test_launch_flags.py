@@ -110,3 +110,18 @@ def test_inductor_becomes_train_compile_and_accelerate_does_not_compile_again(mo
     monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "INDUCTOR")
     with pytest.raises(UsageError, match="both compile"):
         read_launch_flags(load_config(None, ["train.compile=true"]))
+
+
+@pytest.mark.slow  # compiling takes 12-37 s on 2 cores
+def test_inductor_from_the_launcher_compiles_through_train_compile(tmp_path):
+    run_dir = tmp_path / "compiled"
+    result = launch([*SMOKE, f"run.dir={run_dir}", "wandb.mode=disabled", "data.train_limit=640"],
+                    extra=["--dynamo_backend", "inductor"], timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["compile"] is True
+    assert json.loads((run_dir / "results.json").read_text())["launch_flags"]["dynamo_backend"] == "inductor"
+    # Compiled once, by the trainer: the saved weights are the plain network's (no compiled wrapper's prefix).
+    from safetensors import safe_open  # here: only this test reads a weights file's names
+
+    with safe_open(str(run_dir / "model.safetensors"), "pt") as weights:
+        assert weights.keys() and not any(k.startswith("_orig_mod") for k in weights.keys())
