@@ -118,7 +118,8 @@ def test_sigkill_in_epoch_2_then_resume_is_byte_identical(reference, tmp_path):
     # which the killed session may not have written out).
     files = sorted((tmp_path / "run").glob("wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 2 and len({f.name for f in files}) == 1  # run-<same id>.wandb, twice
-    assert max(r["_step"] for r in history(files[0])) < 384 == max(r["_step"] for r in history(files[1]))
+    # The killed segment may hold no row at all (W&B writes it from another process, which SIGKILL can beat).
+    assert max((r["_step"] for r in history(files[0])), default=-1) < 384 == max(r["_step"] for r in history(files[1]))
     # The upload line names both segments, oldest first; uploaded so, W&B holds exactly the metrics.jsonl log.
     upload = result.stderr.split("upload later with: wandb sync ")[1].splitlines()[0].split()
     assert [Path(p).resolve() for p in upload] == [f.parent.resolve() for f in files]
