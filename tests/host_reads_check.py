@@ -35,6 +35,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from mnist_sum import trainer as trainer_module
 from mnist_sum.clock import RunClock
+from mnist_sum.commands import exit_now
 from mnist_sum.config import PROJECT_ROOT, load_config
 
 HOST_WAITS = {"aten._local_scalar_dense", "aten.is_nonzero", "aten.equal", "aten.nonzero", "aten.masked_select",
@@ -138,3 +139,6 @@ with Trainer(cfg, "smoke", None, accelerator, RunClock(time.perf_counter())) as 
 with open(f"{out}.{accelerator.process_index}.json", "w") as f:
     json.dump({"steps": steps, "world_size": accelerator.num_processes, "seen": recorder.seen, "calls": calls,
                "collectives": collectives}, f)
+# Ended as train.py ends (mnist_sum.commands.exit_now): without the interpreter's teardown, where torch 2.11's
+# gloo threads once aborted a finished two-process run ("terminate called without an active exception").
+exit_now(0)
