@@ -18,9 +18,10 @@ from mnist_sum.config import AugmentConfig
 from mnist_sum.streams import keyed_uniforms
 
 
-def warp(images: torch.Tensor, cfg: AugmentConfig, u: torch.Tensor) -> torch.Tensor:
+def warp(images: torch.Tensor, cfg: AugmentConfig, u: torch.Tensor, noise_key: torch.Tensor | None = None) -> torch.Tensor:
     """uint8 [B, 28, 28] -> float [B, 28, 28] in 0..255, each image warped by its own affine transform, made
-    from its row of `u` ([B, 5] in [-1, 1): rotation, scale, shear, shift x, shift y)."""
+    from its row of `u` ([B, 5] in [-1, 1): rotation, scale, shear, shift x, shift y), and, with
+    `cfg.elastic_px`, bent by its own smooth displacement field (drawn from its noise_key)."""
     angle = u[:, 0] * math.radians(cfg.rotate_deg)
     scale = 1.0 + u[:, 1] * cfg.scale
     shear = u[:, 2] * cfg.shear
@@ -30,11 +31,24 @@ def warp(images: torch.Tensor, cfg: AugmentConfig, u: torch.Tensor) -> torch.Ten
                          torch.stack([sin, cos, shift[:, 1]], dim=1)], dim=1)
     x = images.unsqueeze(1).float()
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    if cfg.elastic_px:
+        grid = grid + _elastic_field(noise_key, cfg.elastic_px, cfg.elastic_points)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False).squeeze(1)
 
 
+def _elastic_field(noise_key: torch.Tensor, largest_px: float, points: int) -> torch.Tensor:
+    """[B, 28, 28, 2] displacements in affine_grid's [-1, 1] units: each sample's own random offsets (up to
+    `largest_px` pixels each axis) at a `points` x `points` lattice, interpolated bicubically over the image.
+    A smooth field the way Simard et al. (2003) smoothed per-pixel noise with a Gaussian, without a convolution
+    (mnist_sum/flops.py counts convolutions as model compute; see _gaussian_blur)."""
+    b = noise_key.shape[0]
+    u = keyed_uniforms(_ELASTIC_KEY, noise_key, 2 * points * points).view(b, 2, points, points) * 2 - 1
+    field = F.interpolate(u * (2.0 * largest_px / 28.0), size=(28, 28), mode="bicubic", align_corners=True)
+    return field.permute(0, 2, 3, 1)
+
+
 CORRUPTIONS = ("noise", "specks", "line", "outline", "blur")
-_PARAMS_KEY, _PIXELS_KEY = 2, 1  # hash keys apart from dropout's (0): the same sample key, independent draws
+_PARAMS_KEY, _PIXELS_KEY, _ELASTIC_KEY = 2, 1, 3  # apart from dropout's (0): the same sample key, independent draws
 
 
 def _gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -50,7 +50,7 @@ def _one_pass(model: torch.nn.Module, batch: dict[str, torch.Tensor], accelerato
     """Forward and backward of one (micro-)batch; its logits and per-sample cross-entropies."""
     images = batch["image"]
     if cfg.augment.enabled:  # each sample's warp is a function of (seed, epoch, index), like its number
-        images = warp(images, cfg.augment, batch["warp"])
+        images = warp(images, cfg.augment, batch["warp"], batch["noise_key"])
     if cfg.augment.corrupt:  # so are its corruption and its noise (from its noise_key)
         images = corrupt(images.float(), cfg.augment.corrupt, batch["noise_key"])
     digit_logits, sum_logits = model(images, batch["number"], batch["noise_key"])

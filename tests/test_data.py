@@ -341,3 +341,25 @@ def test_slices_hold_whole_batchnorm_groups(mnist, world):
     whole.set_epoch(0)
     for step, batch in enumerate(whole.batches()):
         assert sum((s[step] for s in slices), []) == batch["index"].tolist()
+
+
+def test_elastic_warps_are_smooth_bounded_and_a_function_of_each_samples_key(mnist):
+    from mnist_sum.augment import _elastic_field, warp
+    from mnist_sum.config import AugmentConfig
+
+    images = mnist["train"][0][:200]
+    keys, still = splitmix64(torch.arange(200)), torch.zeros(200, 5)
+    off, on = AugmentConfig(), AugmentConfig(elastic_px=2.0)
+    bent = warp(images, on, still, keys)
+    # The same sample alone or in another order: the same pixels (resume, process count, batch size).
+    assert torch.equal(warp(images[50:60].flip(0), on, still[50:60], keys[50:60].flip(0)), bent[50:60].flip(0))
+    # Off, the key is not used: the affine warp alone, as before the option existed.
+    assert torch.equal(warp(images, off, still, keys), warp(images, off, still, None))
+    assert (bent != warp(images, off, still, keys)).flatten(1).any(1).all()
+    field = _elastic_field(keys, 2.0, 4) * 14  # pixels
+    assert field.abs().max() <= 2.0 * 1.3  # bicubic overshoots its lattice values a little, no more
+    # Large, but smooth: neighbouring pixels move by under a pixel against each other, so strokes never fold.
+    assert field.abs().max() > 1.0 and (field[:, 1:] - field[:, :-1]).abs().max() < 1.0
+    # Ink is moved, not made or lost: the total changes only as far as the field stretches or squeezes strokes.
+    ratio = bent.sum((1, 2)) / images.float().sum((1, 2))
+    assert ((ratio > 0.5) & (ratio < 2)).all() and abs(ratio.mean() - 1) < 0.05  # a thin 1 may widen by half
