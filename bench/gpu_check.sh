@@ -19,9 +19,14 @@
 # Everything is written to a scratch folder and packed at exit into OUT/gpu_check.tar.gz, beside OUT/table.md
 # and OUT/summary.txt (three files); the summary is printed last. A rerun overwrites them.
 #   bash bench/gpu_check.sh [OUT]        (PEAK_TFLOPS=... for a GPU other than an H100/H200 SXM)
+#   bash bench/gpu_check.sh --cpu [OUT]  the dress rehearsal: every stage a CPU can run, through the same limits,
+#                                        judges, archive and table (tiny runs; fp16 rehearsed in fp32, no sync-debug
+#                                        mode, the two-process checks over gloo); tests/test_gpu_check.py runs it
 set -uo pipefail
 set -m  # each background check gets its own process group, so a timeout kills all of it
 cd "$(dirname "$0")/.." || exit 2
+cpu=0
+if [ "${1:-}" = --cpu ]; then cpu=1; shift; fi
 out=${1:-${OUT:-/tmp/mnist-sum-gpu}}
 mkdir -p "$out"
 scratch=$(mktemp -d)
@@ -41,12 +46,26 @@ peak=${PEAK_TFLOPS:-989}  # dense bf16 tensor-core peak of the H100 / H200 SXM (
 budget=${GPU_CHECK_BUDGET_S:-480}
 launch=(python3 -m accelerate.commands.launch --num_machines 1 --dynamo_backend no)
 failed=() skipped=() passed=()
+# What each stage trains, and what its result must show. The rehearsal shrinks the runs, not the stages: the
+# same checks, limits and judges, with floors that tiny runs reach and the CPU as the device they must name.
+device=cuda half=fp16 quick_floor=0.99 default_floor=0.996 gap=0.002
+quick=(--config configs/quick.yaml) default=(--config configs/default.yaml) resume_limit=() sync_debug=1
+if [ $cpu -eq 1 ]; then
+  peak=${PEAK_TFLOPS:-1}  # nominal: the rehearsal proves the table, not a CPU's MFU
+  export CUDA_VISIBLE_DEVICES=  # the CPU, also on a machine with a GPU (accelerate's --cpu refuses --multi_gpu)
+  device=cpu half=no quick_floor=0.95 default_floor=0.8 gap=0.02 sync_debug=0
+  quick+=(data.train_limit=16384 train.epochs=1) default+=(data.train_limit=16384 train.epochs=1)
+  resume_limit=(data.train_limit=19200)  # 75 steps an epoch, two: step_000100 falls inside the second
+fi
 
 { if command -v nvidia-smi >/dev/null; then nvidia-smi | head -n 15; else echo "nvidia-smi: not found"; fi
   python3 -c "import sys, torch, accelerate; print('python', sys.version.split()[0], 'torch', torch.__version__,
 'CUDA', torch.version.cuda, 'cuDNN', torch.backends.cudnn.version(), 'accelerate', accelerate.__version__,
 'GPUs', torch.cuda.device_count())" 2>&1; } | tee "$scratch/logs/versions.log"
-python3 - >"$scratch/logs/cuda.log" 2>&1 <<'EOF' || { say "gpu_check: error: CUDA is not usable: $(tail -n 1 "$scratch/logs/cuda.log") (nothing was run)"; exit 2; }
+if [ $cpu -eq 1 ]; then
+  say "gpu_check --cpu: the dress rehearsal on the CPU (tiny runs; what needs CUDA is SKIPPED)"
+else
+python3 - >"$scratch/logs/cuda.log" 2>&1 <<'EOF' || { say "gpu_check: error: CUDA is not usable: $(tail -n 1 "$scratch/logs/cuda.log") (nothing was run; bench/gpu_check.sh --cpu rehearses it on a CPU)"; exit 2; }
 import sys, torch
 if not torch.cuda.is_available():
     sys.exit(f"torch {torch.__version__} (built for CUDA {torch.version.cuda}) sees no usable GPU")
@@ -54,7 +73,9 @@ x = torch.ones(1024, 1024, device="cuda")
 torch.cuda.synchronize()
 assert (x @ x).sum().item() == 1024**3
 EOF
+fi
 gpus=$(python3 -c "import torch; print(torch.cuda.device_count())")
+[ $cpu -eq 1 ] && gpus=2  # two CPU processes over gloo stand in for two GPUs over NCCL
 
 # check NAME LIMIT_S COMMAND...: run it in its own process group, its whole output into logs/NAME.log, killed at
 # LIMIT_S (TIMEOUT); skipped when the budget has no LIMIT_S left. On failure, the end of its log.
@@ -88,31 +109,11 @@ train() {  # train RUN_NAME PRECISION [ARGS...]
   local name=$1 precision=$2; shift 2
   "${launch[@]}" --num_processes 1 --mixed_precision "$precision" train.py "$@" run.dir="$scratch/$name"
 }
-# judge RUN PRECISION MIN_ACC [OTHER_RUN MAX_GAP]: its results.json says cuda, PRECISION, both heads >= MIN_ACC
+# judge RUN PRECISION MIN_ACC [OTHER_RUN MAX_GAP]: its results.json says $device, PRECISION, both heads >= MIN_ACC
 # (and within MAX_GAP of OTHER_RUN's); prints one line of what it read.
 judge() {
-  python3 - "$scratch" "$@" <<'EOF'
-import json, sys
-scratch, run, precision, least = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
-r = json.load(open(f"{scratch}/{run}/results.json"))
-t = r["test"]
-line = (f"{r['device']}, {r['mixed_precision']}, digit {t['digit_acc']:.2%} sum {t['sum_acc']:.2%}, "
-        f"skipped steps {r['skipped_steps']}, {r['train_time_s']:.0f} s")
-problems = []
-if not r["device"].startswith("cuda"):
-    problems.append("not on the GPU")
-if r["mixed_precision"] != precision:
-    problems.append(f"precision {r['mixed_precision']}, not {precision}")
-if min(t["digit_acc"], t["sum_acc"]) < least:
-    problems.append(f"below {least:.1%}")
-if len(sys.argv) > 5:
-    other = json.load(open(f"{scratch}/{sys.argv[5]}/results.json"))["test"]
-    gap = abs(t["digit_acc"] - other["digit_acc"])
-    if gap > float(sys.argv[6]):
-        problems.append(f"{gap:.2%} from {sys.argv[5]}")
-print(line + ("" if not problems else " -- " + "; ".join(problems)))
-sys.exit(bool(problems))
-EOF
+  local run=$1; shift
+  python3 bench/gpu_judge.py run "$scratch/$run" "$device" "$1" "$2" ${3:+"$scratch/$3"} ${4:+"$4"}
 }
 trained() {  # trained RUN PRECISION MIN_ACC [OTHER MAX_GAP] -- ARGS...: train, then judge
   local run=$1 precision=$2 least=$3; shift 3
@@ -121,30 +122,28 @@ trained() {  # trained RUN PRECISION MIN_ACC [OTHER MAX_GAP] -- ARGS...: train, 
   train "$run" "$precision" "$@" && judge "${judged[@]}"
 }
 
-check quick-bf16 120 trained quick-bf16 bf16 0.99 -- --config configs/quick.yaml
-check default-bf16 240 trained default-bf16 bf16 0.996 -- --config configs/default.yaml
-check quick-fp16 120 trained quick-fp16 fp16 0.99 quick-bf16 0.002 -- --config configs/quick.yaml
+check quick-bf16 120 trained quick-bf16 bf16 $quick_floor -- "${quick[@]}"
+check default-bf16 240 trained default-bf16 bf16 $default_floor -- "${default[@]}"
+[ $cpu -eq 1 ] && { say "SKIPPED fp16 (the grad scaler needs a GPU): quick-$half rehearses its stage in fp32"; skipped+=(fp16); }
+check quick-$half 120 trained quick-$half $half $quick_floor quick-bf16 $gap -- "${quick[@]}"
 
 # 150 steps of the quick recipe with the default's moving average of the weights, log lines every 50: 100 steps
 # recorded between them, syncs raising; as tests/test_host_reads.py judges it.
 sync_free() {  # sync_free NAME PRECISION [ARGS...]
   local name=$1 precision=$2; shift 2
-  MNIST_SUM_SYNC_DEBUG=1 "${launch[@]}" --num_processes 1 --mixed_precision "$precision" tests/host_reads_check.py \
+  MNIST_SUM_SYNC_DEBUG=$sync_debug "${launch[@]}" --num_processes 1 --mixed_precision "$precision" tests/host_reads_check.py \
     "$scratch/$name" --config configs/quick.yaml data.train_limit=38400 train.log_every=50 wandb.mode=disabled \
     train.ema_decay=0.999 run.dir="$scratch/$name-run" "$@" &&
-  python3 - "$scratch/$name.0.json" <<'EOF'
-import json, sys
-s = json.load(open(sys.argv[1]))
-ok = s["seen"] == [] and s["steps"] == 150 and s["calls"].get("agreed") == 3
-print(f"steps {s['steps']}, host reads seen {len(s['seen'])}, calls {s['calls']}")
-sys.exit(not ok)
-EOF
+  python3 bench/gpu_judge.py sync-free "$scratch/$name.0.json" 150 50
 }
+[ $cpu -eq 1 ] && { say "SKIPPED sync-debug mode (CUDA's): the sync-free checks count host reads and collectives only"
+                    skipped+=(sync-debug); }
 check sync-free-bf16 90 sync_free sync-free-bf16 bf16
-check sync-free-fp16-warps 90 sync_free sync-free-fp16-warps fp16 augment.enabled=true
+check sync-free-$half-warps 90 sync_free sync-free-$half-warps $half augment.enabled=true
 
 kill_and_resume() {
-  local args=(--config configs/quick.yaml train.deterministic=true checkpoint.every_steps=50 checkpoint.keep_last=100)
+  local args=(--config configs/quick.yaml train.deterministic=true checkpoint.every_steps=50 checkpoint.keep_last=100
+              "${resume_limit[@]}")
   train resume-whole bf16 "${args[@]}" || return 1
   setsid "${launch[@]}" --num_processes 1 --mixed_precision bf16 train.py "${args[@]}" run.dir="$scratch/resume-killed" &
   local pid=$!
@@ -154,41 +153,40 @@ kill_and_resume() {
   if cmp "$scratch/resume-whole/model.safetensors" "$scratch/resume-killed/model.safetensors"; then
     echo "byte-identical"
   else
-    python3 - "$scratch" <<'EOF'
-import json, sys
-def losses(run):
-    return {x["step"]: x["train/loss"] for x in map(json.loads, open(f"{sys.argv[1]}/{run}/metrics.jsonl")) if "train/loss" in x}
-whole, resumed = losses("resume-whole"), losses("resume-killed")
-first = next((s for s in sorted(whole) if whole[s] != resumed.get(s)), None)
-print(f"model.safetensors differ; first logged step whose train loss differs: {first}")
-EOF
+    python3 bench/gpu_judge.py first-diff "$scratch/resume-whole" "$scratch/resume-killed"
     return 1
   fi
 }
 check kill-and-resume 180 kill_and_resume
 
+ddp=nccl
+[ $cpu -eq 1 ] && { ddp=gloo; say "SKIPPED NCCL (needs GPUs): gloo-2 and gloo-restart rehearse its stages"; skipped+=(nccl); }
 if [ "$gpus" -ge 2 ]; then
-  check nccl-2 120 "${launch[@]}" --multi_gpu --num_processes 2 --mixed_precision bf16 train.py \
-    --config configs/quick.yaml run.dir="$scratch/nccl-2"
+  two() {
+    "${launch[@]}" --multi_gpu --num_processes 2 --mixed_precision bf16 train.py "${quick[@]}" run.dir="$scratch/$ddp-2" &&
+    judge $ddp-2 bf16 "$quick_floor" quick-bf16 "$gap"
+  }
+  check $ddp-2 120 two
   restart() {
     setsid "${launch[@]}" --multi_gpu --num_processes 2 --max_restarts 1 --mixed_precision bf16 train.py \
-      --config configs/quick.yaml checkpoint.every_steps=50 run.dir="$scratch/nccl-restart" &
+      --config configs/quick.yaml "${resume_limit[@]}" checkpoint.every_steps=50 run.dir="$scratch/$ddp-restart" &
     local pid=$! worker
-    until [ -e "$scratch/nccl-restart/step_000100" ]; do kill -0 $pid 2>/dev/null || return 1; sleep 0.1; done
-    worker=$(pgrep -f "train.py.*nccl-restart" | while read -r p; do grep -qz '^RANK=1$' /proc/$p/environ && echo $p; done | head -1)
-    kill -9 "$worker"; wait $pid && test -e "$scratch/nccl-restart/results.json" && echo "restarted and finished"
+    until [ -e "$scratch/$ddp-restart/step_000100" ]; do kill -0 $pid 2>/dev/null || return 1; sleep 0.1; done
+    worker=$(pgrep -f "train.py.*$ddp-restart" | while read -r p; do grep -qz '^RANK=1$' /proc/$p/environ && echo $p; done | head -1)
+    [ -n "$worker" ] || { echo "no worker of rank 1 found to kill"; return 1; }
+    kill -9 "$worker"; wait $pid && test -e "$scratch/$ddp-restart/results.json" && echo "restarted and finished"
   }
-  check nccl-restart 150 restart
+  check $ddp-restart 150 restart
 else
   say "SKIPPED nccl-2, nccl-restart (one GPU: NCCL and a restarted worker need two)"; skipped+=(nccl-2 nccl-restart)
 fi
 
 # Last: compiling may take a minute or more, and must not cost the checks above their time.
-check quick-bf16-compiled 150 trained quick-bf16-compiled bf16 0.99 quick-bf16 0.002 -- \
-  --config configs/quick.yaml train.compile=true
+check quick-bf16-compiled 150 trained quick-bf16-compiled bf16 $quick_floor quick-bf16 $gap -- \
+  "${quick[@]}" train.compile=true
 
 runs=()
-for run in quick-bf16 quick-bf16-compiled quick-fp16 default-bf16; do
+for run in quick-bf16 quick-bf16-compiled quick-$half default-bf16; do
   if [ -f "$scratch/$run/results.json" ]; then runs+=("$scratch/$run"); else say "table: $run left out (no results.json)"; fi
 done
 [ ${#runs[@]} -gt 0 ] && python3 bench/table.py --peak-tflops "$peak" "${runs[@]}" >"$scratch/table.md" \
