@@ -3,7 +3,7 @@
 Each takes one MNIST image (float [28, 28] in 0..1, light digit on black) and a numpy Generator and returns
 the corrupted image (float, 0..1). The strengths are ones a person still reads easily (bench/robustness.py
 --show writes a sheet of examples to look at). They are written here with numpy and PIL, on purpose apart
-from the training augmentation (mnist_sum/augment.py): a benchmark that re-used the training transforms would
+from the training augmentation (mnist_sum/data/augment.py): a benchmark that re-used the training transforms would
 only measure how well the net learnt them.
 """
 

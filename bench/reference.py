@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_sum.config import PROJECT_ROOT, load_config
-from mnist_sum.cpu import set_threads
-from mnist_sum.data import load_splits
+from mnist_sum.data.dataset import load_splits
+from mnist_sum.distributed.cpu import set_threads
 
 
 class RecordNet(nn.Module):

@@ -4,7 +4,7 @@
     python bench/robustness.py RUN --part select                              # the part recipes are chosen on
     python bench/robustness.py RUN --show sheet.png                           # also: a sheet of examples
 
-Every image goes through what `mnist-sum-predict` does (`mnist_sum.framing.to_mnist`, then the net in fp32),
+Every image goes through what `mnist-sum-predict` does (`mnist_sum.data.framing.to_mnist`, then the net in fp32),
 and the table gives, per set, the share of digits read right. The corruptions (bench/corruptions.py) are
 made from MNIST images: the `report` part from the first --count test images, the `select` part from the
 run's val images (held out of training), with other draws. The outside sets (bench/outside_digits.py) have
@@ -26,10 +26,10 @@ from corruptions import CORRUPTIONS, corrupt  # noqa: E402
 from outside_digits import SETS  # noqa: E402
 
 from mnist_sum.config import load_config  # noqa: E402
-from mnist_sum.data import load_splits  # noqa: E402
+from mnist_sum.data.dataset import load_splits  # noqa: E402
+from mnist_sum.data.framing import to_mnist  # noqa: E402
 from mnist_sum.errors import UsageError  # noqa: E402
-from mnist_sum.framing import to_mnist  # noqa: E402
-from mnist_sum.outputs import load_weights, resolve_weights  # noqa: E402
+from mnist_sum.model.weights import load_weights, resolve_weights  # noqa: E402
 
 
 def mnist_images(part: str, count: int) -> tuple[np.ndarray, np.ndarray]:

@@ -99,13 +99,13 @@ def worker(out: str, args: argparse.Namespace) -> None:
     from accelerate.utils import DistributedDataParallelKwargs
 
     from bench.speed import alternate
-    from mnist_sum.accelerator import make_accelerator
-    from mnist_sum.batches import TrainBatches
     from mnist_sum.config import load_config
-    from mnist_sum.data import load_splits, make_datasets
-    from mnist_sum.model import build_model
-    from mnist_sum.schedule import make_optimizer
-    from mnist_sum.step import train_step
+    from mnist_sum.data.batches import TrainBatches
+    from mnist_sum.data.dataset import load_splits, make_datasets
+    from mnist_sum.distributed.accelerator import make_accelerator
+    from mnist_sum.model.network import build_model
+    from mnist_sum.train.schedule import make_optimizer
+    from mnist_sum.train.step import train_step
 
     accelerator = make_accelerator(cpu_threads=1)
     world = accelerator.num_processes
@@ -217,8 +217,8 @@ def paper(args: argparse.Namespace) -> None:
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from bench.speed import setup
-    from mnist_sum.flops import count_flops
-    from mnist_sum.model import build_model
+    from mnist_sum.model.flops import count_flops
+    from mnist_sum.model.network import build_model
 
     class CountOps(TorchDispatchMode):
         ops = 0

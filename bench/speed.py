@@ -6,7 +6,7 @@
 Device and precision from Accelerate, as in train.py. One process per precision times, in alternating windows
 (both see the machine in the same moments), train.py's `train_step` (everything through `accelerator.prepare`)
 against a bare step on the same model and batches (autocast, backward, step); and an epoch of
-mnist_sum.batches against a per-sample pipeline (torchvision's MNIST, a DataLoader of batch 128).
+mnist_sum.data.batches against a per-sample pipeline (torchvision's MNIST, a DataLoader of batch 128).
 """
 
 from __future__ import annotations
@@ -26,15 +26,15 @@ from pathlib import Path
 
 import torch
 
-from mnist_sum.accelerator import make_accelerator
-from mnist_sum.augment import corrupt, warp
-from mnist_sum.averaging import WeightAverage
-from mnist_sum.batches import TrainBatches
 from mnist_sum.config import PROJECT_ROOT, load_config
-from mnist_sum.data import load_splits, make_datasets
-from mnist_sum.model import build_model, sum_loss
-from mnist_sum.schedule import make_optimizer
-from mnist_sum.step import train_step
+from mnist_sum.data.augment import corrupt, warp
+from mnist_sum.data.batches import TrainBatches
+from mnist_sum.data.dataset import load_splits, make_datasets
+from mnist_sum.distributed.accelerator import make_accelerator
+from mnist_sum.model.network import build_model, sum_loss
+from mnist_sum.train.averaging import WeightAverage
+from mnist_sum.train.schedule import make_optimizer
+from mnist_sum.train.step import train_step
 
 
 def setup(config: str, precision: str):

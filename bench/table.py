@@ -15,7 +15,7 @@ import json
 import statistics
 from pathlib import Path
 
-from mnist_sum.results import read_results
+from mnist_sum.train.results import read_results
 
 COLUMNS = ("digit_acc", "sum_acc", "exhaustive_sum_acc", "sum_acc_given_digit")
 

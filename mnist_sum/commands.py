@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import NoReturn
 
 from mnist_sum.config import DEFAULT_CONFIG, PROJECT_ROOT, load_config
+from mnist_sum.data.idx_files import read_ahead
+from mnist_sum.distributed.launch_flags import check_launch_flags
 from mnist_sum.errors import LostPeer, ProjectError, Stopped, UsageError
 from mnist_sum.files import write_json
-from mnist_sum.idx_files import read_ahead
-from mnist_sum.launch_flags import check_launch_flags
 from mnist_sum.launcher import max_restarts, restart_count, tell_launcher
 
 
@@ -105,9 +105,9 @@ def train_main(argv: Sequence[str] | None = None) -> int:
                              "name it: run.name=NAME for the folder runs/NAME, or run.dir=PATH; the same at every start")
         check_launch_flags()  # before torch loads: every process refuses at once, before the launcher stops them
         if cfg.data.source == "idx":
-            read_ahead(cfg.data.idx_dir)  # the data files are read while torch loads: mnist_sum.idx_files says why
-        from mnist_sum.runs import run_dir_for  # after the config is read: see the module docstring
-        from mnist_sum.trainer import train
+            read_ahead(cfg.data.idx_dir)  # the data files are read while torch loads: mnist_sum.data.idx_files says why
+        from mnist_sum.train.runs import run_dir_for  # after the config is read: see the module docstring
+        from mnist_sum.train.trainer import train
 
         resume = args.resume
         if restart_count() and resume is None:
@@ -140,7 +140,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def evaluate_command() -> None:
-        from mnist_sum.evaluate import evaluate_weights, report_table  # after parsing: see the module docstring
+        from mnist_sum.inference.evaluate import evaluate_weights, report_table  # after parsing: see the module docstring
 
         report = evaluate_weights(args.target, args.batch_size, args.mixed_precision, args.split)
         out = Path(args.out) if args.out else Path(report["weights"]).with_name("evaluation.json")
@@ -171,7 +171,7 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def predict_command() -> int:
-        from mnist_sum.predict import predict_files  # after parsing: see the module docstring
+        from mnist_sum.inference.predict import predict_files  # after parsing: see the module docstring
 
         results = predict_files(args.weights, args.number, args.images)
         if args.json:

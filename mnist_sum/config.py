@@ -67,12 +67,12 @@ class AugmentConfig:
     """Largest shift in pixels, each axis."""
     elastic_px: float = 0.0
     """Elastic distortion: largest displacement in pixels, each axis, of the random smooth field that bends each
-    training image (0 = off; mnist_sum/augment.py)."""
+    training image (0 = off; mnist_sum/data/augment.py)."""
     elastic_points: int = 4
     """Elastic distortion: the field's lattice is elastic_points x elastic_points (fewer = smoother)."""
     corrupt: float = 0.0
     """Share of training images given one corruption (noise, specks, a line, outlines only, blur; see
-    mnist_sum/augment.py), whether or not they are warped. Quick and configs/robust.yaml use 0.3; the default
+    mnist_sum/data/augment.py), whether or not they are warped. Quick and configs/robust.yaml use 0.3; the default
     0, since 0.3 costs it 0.1% on MNIST test over five seeds (README: Robustness)."""
 
     def __post_init__(self) -> None:
@@ -174,10 +174,10 @@ class TrainConfig:
     """Write a train metrics line every this many steps."""
     ema_decay: float = 0.999
     """Validate and keep an exponential moving average of the weights with this decay per step (0 = the
-    weights themselves); mnist_sum.averaging. Val figures of the weights themselves are logged as val_live/."""
+    weights themselves); mnist_sum.train.averaging. Val figures of the weights themselves are logged as val_live/."""
     select_z: float = 2.0
     """Keep the last epoch's weights unless an earlier epoch's are right on more val samples by more than this
-    many standard errors of the difference (McNemar); 0 = the best val epoch. mnist_sum.selection."""
+    many standard errors of the difference (McNemar); 0 = the best val epoch. mnist_sum.train.selection."""
     compile: bool = False
     """torch.compile the model for training. Off: on the 2-core development CPU (torch 2.14, inductor) the
     compiled training step was slower for both recipes (quick: 6,500 against 8,000 samples/s in fp32, 7,800
@@ -251,7 +251,7 @@ class TrackingConfig:
     log_with: list[str] = field(default_factory=lambda: ["wandb"])
     """Accelerate trackers the metrics go to besides metrics.jsonl, e.g. [wandb, tensorboard] (TensorBoard
     writes into the run folder's tensorboard/). `wandb.mode=disabled` leaves W&B out. The names are Accelerate's
-    (`accelerate.utils.LoggerType`), checked with the Accelerator (mnist_sum/accelerator.py), which knows which
+    (`accelerate.utils.LoggerType`), checked with the Accelerator (mnist_sum/distributed/accelerator.py), which knows which
     are installed."""
 
     def __post_init__(self) -> None:
@@ -446,7 +446,7 @@ FORMER_DEFAULTS: dict[str, Any] = {
 # Keys that no longer exist, and why: a run's own saved config may still hold them (they are dropped from it);
 # a user's YAML or override that names one is told why it went.
 REMOVED_KEYS = {
-    "data.num_workers": "batches are cut on the training device (mnist_sum/batches.py); there are no loader workers",
+    "data.num_workers": "batches are cut on the training device (mnist_sum/data/batches.py); there are no loader workers",
 }
 
 

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def mnist():
-    from mnist_sum.sources import load_idx
+    from mnist_sum.data.sources import load_idx
 
     return load_idx(ROOT / "data" / "mnist")
 

@@ -6,11 +6,11 @@ import sys
 
 import torch
 
-from mnist_sum.accelerator import make_accelerator
-from mnist_sum.batches import TrainBatches, shard_sizes
 from mnist_sum.config import load_config
-from mnist_sum.data import load_splits, make_datasets
-from mnist_sum.scoring import gather_parts
+from mnist_sum.data.batches import TrainBatches, shard_sizes
+from mnist_sum.data.dataset import load_splits, make_datasets
+from mnist_sum.distributed.accelerator import make_accelerator
+from mnist_sum.model.scoring import gather_parts
 
 out, *overrides = sys.argv[1:]
 cfg = load_config(None, overrides)

@@ -33,10 +33,10 @@ import torch
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from mnist_sum import trainer as trainer_module
-from mnist_sum.clock import RunClock
 from mnist_sum.commands import exit_now
 from mnist_sum.config import PROJECT_ROOT, load_config
+from mnist_sum.train import trainer as trainer_module
+from mnist_sum.train.clock import RunClock
 
 HOST_WAITS = {"aten._local_scalar_dense", "aten.is_nonzero", "aten.equal", "aten.nonzero", "aten.masked_select",
               "aten._unique2", "aten.unique_dim", "aten.unique_consecutive"}

@@ -9,13 +9,13 @@ import time
 
 import torch
 
-from mnist_sum.accelerator import make_accelerator
+from mnist_sum.distributed.accelerator import make_accelerator
+from mnist_sum.distributed.ranks import main_decides
+from mnist_sum.distributed.signals import StopRequest
 from mnist_sum.errors import Diverged, UsageError
-from mnist_sum.layers import GhostBatchNorm2d, sum_running_stats
-from mnist_sum.ranks import main_decides
-from mnist_sum.signals import StopRequest
-from mnist_sum.step import StepOutput
-from mnist_sum.window import TrainMetricsWindow
+from mnist_sum.model.layers import GhostBatchNorm2d, sum_running_stats
+from mnist_sum.train.step import StepOutput
+from mnist_sum.train.window import TrainMetricsWindow
 
 out = sys.argv[1]
 accelerator = make_accelerator()

@@ -18,9 +18,9 @@ from safetensors.torch import load_file
 
 from mnist_sum.commands import number_0_to_9
 from mnist_sum.config import Config, load_config, parse_override
+from mnist_sum.data.framing import to_mnist
 from mnist_sum.errors import UsageError
-from mnist_sum.framing import to_mnist
-from mnist_sum.predict import open_image
+from mnist_sum.inference.predict import open_image
 
 SMOKE_ARGS = ["--config", str(ROOT / "configs" / "smoke.yaml"), "wandb.mode=disabled"]
 SMOKE = ["train.py", *SMOKE_ARGS]

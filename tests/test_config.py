@@ -7,10 +7,10 @@ import yaml
 from conftest import ROOT, run_python
 
 from mnist_sum.config import Config, flatten, load_config, parse_override
+from mnist_sum.distributed.ranks import check_world
 from mnist_sum.errors import UsageError
-from mnist_sum.ranks import check_world
-from mnist_sum.runs import _check_same_recipe
-from mnist_sum.state import LoopState
+from mnist_sum.train.runs import _check_same_recipe
+from mnist_sum.train.state import LoopState
 
 
 def test_default_yaml_spells_out_the_dataclass_defaults():
@@ -157,7 +157,7 @@ def test_a_removed_key_is_dropped_from_a_saved_config_and_explained_to_a_user(tm
         with pytest.raises(UsageError) as info:
             load_config(**source)
         assert info.value.line() == ("mnist-sum: error: config key 'data.num_workers' no longer exists: batches are cut on "
-                                     "the training device (mnist_sum/batches.py); there are no loader workers (remove "
+                                     "the training device (mnist_sum/data/batches.py); there are no loader workers (remove "
                                      "data.num_workers)")
 
 

@@ -7,7 +7,7 @@ import platform
 
 import torch
 
-from mnist_sum.cpu import keep_freed_memory, set_threads
+from mnist_sum.distributed.cpu import keep_freed_memory, set_threads
 
 
 def test_threads_are_the_cores_shared_by_local_processes(monkeypatch):

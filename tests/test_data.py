@@ -11,13 +11,13 @@ import torch
 from conftest import ROOT, run_python
 from torch.utils.data import DataLoader, RandomSampler
 
-from mnist_sum.batches import EvalBatches, TrainBatches, shard, shard_sizes
 from mnist_sum.config import load_config
-from mnist_sum.data import SumDataset, load_splits, pair_numbers, split_train_val
+from mnist_sum.data.batches import EvalBatches, TrainBatches, shard, shard_sizes
+from mnist_sum.data.dataset import SumDataset, load_splits, pair_numbers, split_train_val
+from mnist_sum.data.idx_files import _AHEAD, read_ahead, read_idx_files
+from mnist_sum.data.sources import load_hf, load_idx
+from mnist_sum.data.streams import STREAM_IDS, splitmix64, stream_key, uniforms
 from mnist_sum.errors import UsageError
-from mnist_sum.idx_files import _AHEAD, read_ahead, read_idx_files
-from mnist_sum.sources import load_hf, load_idx
-from mnist_sum.streams import STREAM_IDS, splitmix64, stream_key, uniforms
 
 
 def test_bundled_idx_files_are_the_original_mnist(mnist):
@@ -117,7 +117,7 @@ PINNED_TEST_NUMBERS = [4, 3, 1, 4, 1, 8, 7, 2, 0, 5, 9, 6]
 
 
 def test_every_random_stream_is_pinned(mnist):
-    # The stream ids (mnist_sum.streams.STREAM_IDS) decide the order, the warps and the val hold-out of every run:
+    # The stream ids (mnist_sum.data.streams.STREAM_IDS) decide the order, the warps and the val hold-out of every run:
     # values computed before the ids were gathered into one table, so moving them changed nothing.
     images, labels = mnist["test"]
     batches = TrainBatches(SumDataset(images[:1000], labels[:1000], "train", 0), 8, seed=0)
@@ -275,7 +275,7 @@ def test_hf_folder_without_parquet_files(tmp_path):
 
 def test_hub_name_unreachable_offline_is_one_clear_error(tmp_path):
     # A subprocess, because `datasets` reads the offline switches when it is first imported.
-    code = ("import os, sys; from mnist_sum.commands import run_command; from mnist_sum.sources import load_hf; "
+    code = ("import os, sys; from mnist_sum.commands import run_command; from mnist_sum.data.sources import load_hf; "
             "sys.exit(run_command(lambda: load_hf('ylecun/mnist'), debug=False))")
     env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     result = run_python(["-c", code], extra_env=env)
@@ -306,7 +306,7 @@ def test_the_torch_hash_is_uint64_splitmix64_bit_for_bit():
 
 
 def test_corruptions_are_a_function_of_each_samples_key_alone(mnist):
-    from mnist_sum.augment import CORRUPTIONS, corrupt
+    from mnist_sum.data.augment import CORRUPTIONS, corrupt
 
     images = mnist["train"][0][:600].float()
     keys = splitmix64(torch.arange(600))
@@ -344,8 +344,8 @@ def test_slices_hold_whole_batchnorm_groups(mnist, world):
 
 
 def test_elastic_warps_are_smooth_bounded_and_a_function_of_each_samples_key(mnist):
-    from mnist_sum.augment import _elastic_field, warp
     from mnist_sum.config import AugmentConfig
+    from mnist_sum.data.augment import _elastic_field, warp
 
     images = mnist["train"][0][:200]
     keys, still = splitmix64(torch.arange(200)), torch.zeros(200, 5)

@@ -10,13 +10,13 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
-from mnist_sum.batches import TrainBatches
 from mnist_sum.config import load_config
-from mnist_sum.data import SumDataset
-from mnist_sum.model import build_model
-from mnist_sum.schedule import make_optimizer
-from mnist_sum.step import train_step
-from mnist_sum.window import TrainMetricsWindow
+from mnist_sum.data.batches import TrainBatches
+from mnist_sum.data.dataset import SumDataset
+from mnist_sum.model.network import build_model
+from mnist_sum.train.schedule import make_optimizer
+from mnist_sum.train.step import train_step
+from mnist_sum.train.window import TrainMetricsWindow
 
 
 @pytest.fixture

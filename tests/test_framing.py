@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mnist_sum.data.framing import to_mnist
 from mnist_sum.errors import UsageError
-from mnist_sum.framing import to_mnist
 
 INDICES = [0, 1, 2, 3, 4, 7, 11, 18]  # a 7, 2, 1, 0, 4, 9, 6, 3 of the MNIST test split
 

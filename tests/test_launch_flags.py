@@ -1,4 +1,4 @@
-"""`accelerate launch` flags: each honoured (and recorded) or refused in one line (mnist_sum.launch_flags)."""
+"""`accelerate launch` flags: each honoured (and recorded) or refused in one line (mnist_sum.distributed.launch_flags)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from conftest import ROOT, child_env, free_port, launch
 from test_distributed import SMOKE, _loss_gaps
 
 from mnist_sum.config import load_config
+from mnist_sum.distributed.launch_flags import check_launch_flags, read_launch_flags
 from mnist_sum.errors import UsageError
-from mnist_sum.launch_flags import check_launch_flags, read_launch_flags
 
 
 def _refused(result, flag: str) -> str:

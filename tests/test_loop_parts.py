@@ -20,16 +20,16 @@ from accelerate import Accelerator
 from conftest import launch
 from wandb_records import read_records
 
-from mnist_sum.accelerator import make_accelerator
-from mnist_sum.checkpoint import CheckpointPolicy, _sha256, check_checkpoint, find_latest
 from mnist_sum.config import CheckpointConfig, OptimConfig, load_config
+from mnist_sum.distributed.accelerator import make_accelerator
+from mnist_sum.distributed.signals import StopRequest
 from mnist_sum.errors import DamagedCheckpoint, Diverged, LaunchError, LostPeer, ProjectError, Stopped, UsageError
-from mnist_sum.schedule import lr_factor, make_optimizer
-from mnist_sum.signals import StopRequest
-from mnist_sum.state import META, LoopState
-from mnist_sum.step import StepOutput
-from mnist_sum.trainer import train
-from mnist_sum.window import TrainMetricsWindow
+from mnist_sum.train.checkpoint import CheckpointPolicy, _sha256, check_checkpoint, find_latest
+from mnist_sum.train.schedule import lr_factor, make_optimizer
+from mnist_sum.train.state import META, LoopState
+from mnist_sum.train.step import StepOutput
+from mnist_sum.train.trainer import train
+from mnist_sum.train.window import TrainMetricsWindow
 
 
 @pytest.fixture(scope="module")

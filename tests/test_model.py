@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 from mnist_sum.config import ModelConfig
 from mnist_sum.errors import UsageError
-from mnist_sum.layers import GhostBatchNorm2d, sum_running_stats
-from mnist_sum.model import BILINEAR_INPUT_SCALE, NUM_SUMS, build_model, sum_loss
-from mnist_sum.outputs import load_weights, save_weights
+from mnist_sum.model.layers import GhostBatchNorm2d, sum_running_stats
+from mnist_sum.model.network import BILINEAR_INPUT_SCALE, NUM_SUMS, build_model, sum_loss
+from mnist_sum.model.weights import load_weights, save_weights
 
 
 def _batch(n=16, seed=0):

@@ -16,7 +16,7 @@ import pytest
 from conftest import ROOT, child_env, descendants, launch_cmd, train_in_process
 from wandb_records import history, merged_history
 
-from mnist_sum.checkpoint import find_latest, prune
+from mnist_sum.train.checkpoint import find_latest, prune
 
 # 3 epochs x 128 steps of the smoke recipe, a checkpoint every 16 steps (and each epoch end), 3 kept. Ghost
 # BatchNorm, the normalisation with state of its own: per-process shares of the running statistics, summed at

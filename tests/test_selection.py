@@ -1,4 +1,4 @@
-"""Which epoch a run keeps (mnist_sum.selection), and the moving average of the weights (mnist_sum.averaging)."""
+"""Which epoch a run keeps (mnist_sum.train.selection), and the moving average of the weights (mnist_sum.train.averaging)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_sum.averaging import WeightAverage
-from mnist_sum.selection import later_replaces, select_epoch
+from mnist_sum.train.averaging import WeightAverage
+from mnist_sum.train.selection import later_replaces, select_epoch
 
 # Wrong val samples (of 5,000) per epoch, shaped like issue 29's seed 0 of the default: val peaks at epoch 7
 # (25 wrong, 99.50%) and ends at epoch 12 one image behind (26 wrong, 99.48%). Epochs share the hard samples

@@ -1,5 +1,6 @@
 """The code's shape, read from its syntax tree: no function too long to hold in one's head, no import circle
-(function-level imports included), and every import inside a function says why it is not at the top."""
+(function-level imports included), no import that points up the layers, every import inside a function says why
+it is not at the top, and every package's `__init__.py` is empty."""
 
 from __future__ import annotations
 
@@ -10,8 +11,18 @@ import pytest
 from conftest import ROOT
 
 PACKAGE = ROOT / "mnist_sum"
-MODULES = {f"mnist_sum.{p.stem}": p for p in sorted(PACKAGE.glob("*.py")) if p.stem != "__init__"}
+MODULES = {"mnist_sum." + ".".join(p.relative_to(PACKAGE).with_suffix("").parts): p
+           for p in sorted(PACKAGE.rglob("*.py")) if p.stem != "__init__"}
 MAX_FUNCTION_LINES = 80
+# The layers, bottom first (README: Layout): a module imports from its own layer or the ones below, never above.
+# The top-level modules every layer needs (files, launcher, errors, config) are the floor; commands the roof.
+LAYERS = ("foundation", "distributed", "data", "model", "tracking", "train", "inference", "commands")
+FOUNDATION = ("files", "launcher", "errors", "config")
+
+
+def _layer(module: str) -> int:
+    part = module.split(".")[1]
+    return LAYERS.index("foundation" if part in FOUNDATION else part)
 
 
 def _tree(path: Path) -> ast.Module:
@@ -78,3 +89,17 @@ def test_every_import_inside_a_function_says_why():
                         if not any("#" in lines[c.lineno - 1] for c in block):
                             unexplained.append(f"{module}:{child.lineno}")
     assert not unexplained, unexplained
+
+
+def test_the_packages_are_the_layers_and_no_import_points_up():
+    assert {m.split(".")[1] for m in MODULES if m.count(".") == 2} == set(LAYERS[1:-1])  # each layer a package
+    assert {m.split(".")[1] for m in MODULES if m.count(".") == 1} == {*FOUNDATION, "commands"}
+    upward = [f"{module} -> {name}" for module, path in MODULES.items() for _, name, _ in _imports(path)
+              if _layer(name) > _layer(module)]
+    assert not upward, upward
+
+
+def test_every_init_is_empty():
+    # Importing a package runs its __init__: empty ones keep `--help` from loading torch through a re-export.
+    inits = sorted(PACKAGE.rglob("__init__.py"))
+    assert len(inits) == len(LAYERS) - 1 and all(p.read_text() == "" for p in inits), inits

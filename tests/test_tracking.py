@@ -12,7 +12,7 @@ from conftest import descendants, run_python
 from PIL import Image
 from wandb_records import artifacts, config, history, read_records, summary
 
-from mnist_sum.plots import PlotWriter
+from mnist_sum.tracking.plots import PlotWriter
 
 
 def _wandb_file(run_dir):
@@ -149,7 +149,7 @@ def test_plots_are_valid_pngs(smoke_run, name):
 
 def test_the_plot_helper_imports_no_torch():
     # The helper's point is to import matplotlib early, beside the trainer's start-up: torch would cost it seconds.
-    result = run_python(["-c", "import sys, mnist_sum.plots; print(sorted(m for m in sys.modules if 'torch' in m))"])
+    result = run_python(["-c", "import sys, mnist_sum.tracking.plots; print(sorted(m for m in sys.modules if 'torch' in m))"])
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
 
 

@@ -17,9 +17,9 @@ from conftest import ROOT, child_env, free_port, launch, train_in_process
 from torch.utils.flop_counter import FlopCounterMode
 
 from mnist_sum.config import load_config
-from mnist_sum.data import pair_numbers
-from mnist_sum.model import build_model, sum_loss
-from mnist_sum.outputs import load_weights
+from mnist_sum.data.dataset import pair_numbers
+from mnist_sum.model.network import build_model, sum_loss
+from mnist_sum.model.weights import load_weights
 
 
 def _read_csv(path):
@@ -190,13 +190,13 @@ def test_accelerate_config_file_launches(tmp_path):
 
 
 def _raw_idx(name: str, header: int) -> torch.Tensor:
-    """An MNIST file read straight from its bytes (not through mnist_sum.sources)."""
+    """An MNIST file read straight from its bytes (not through mnist_sum.data.sources)."""
     data = gzip.decompress((ROOT / "data" / "mnist" / f"{name}.gz").read_bytes())[header:]
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
 def test_metrics_recomputed_from_the_raw_files_equal_results_json(one_process_run):
-    # Nothing of mnist_sum.scoring: the accuracies from test_predictions.csv and the raw label file, the exhaustive
+    # Nothing of mnist_sum.model.scoring: the accuracies from test_predictions.csv and the raw label file, the exhaustive
     # score by running the saved weights over all 100,000 (image, number) pairs.
     run_dir, _ = one_process_run
     test = json.loads((run_dir / "results.json").read_text())["test"]

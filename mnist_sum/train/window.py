@@ -14,10 +14,10 @@ import torch
 from accelerate import Accelerator
 
 from mnist_sum.errors import Diverged
-from mnist_sum.scoring import hits
-from mnist_sum.state import LoopState
-from mnist_sum.step import StepOutput
-from mnist_sum.tracking import Tracker
+from mnist_sum.model.scoring import hits
+from mnist_sum.tracking.trackers import Tracker
+from mnist_sum.train.state import LoopState
+from mnist_sum.train.step import StepOutput
 
 NO_STEP = 2**62
 

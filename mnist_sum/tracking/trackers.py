@@ -24,7 +24,7 @@ from accelerate import Accelerator
 
 from mnist_sum.config import Config, WandbConfig, flatten
 from mnist_sum.errors import Stopped, UsageError
-from mnist_sum.scoring import Predictions, hits
+from mnist_sum.model.scoring import Predictions, hits
 
 # The dashboard's summary for these is the best value, not the last.
 BEST_IS_MAX = ("val/digit_acc", "val/sum_acc", "val/joint_acc", "val/sum_acc_given_digit", "val/exhaustive_sum_acc")

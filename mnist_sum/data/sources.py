@@ -1,7 +1,7 @@
 """MNIST sources -> `{"train": (images, labels), "test": (images, labels)}` as uint8 / int64 tensors.
 
 Two sources: the original IDX files (bundled in `data/mnist/`, checksum-verified on every load, read by
-`mnist_sum.idx_files`) and
+`mnist_sum.data.idx_files`) and
 Hugging Face `datasets` in the `ylecun/mnist` schema (hub name, parquet folder or `save_to_disk`
 folder). Either way the result is plain in-memory tensors: MNIST is 55 MB, so everything after this
 point is tensor indexing, never per-sample Python.
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mnist_sum.data.idx_files import SPLIT_FILES, read_idx_files, resolve_path
 from mnist_sum.errors import UsageError
-from mnist_sum.idx_files import SPLIT_FILES, read_idx_files, resolve_path
 
 Splits = dict[str, tuple[torch.Tensor, torch.Tensor]]
 

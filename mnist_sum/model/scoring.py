@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from accelerate import Accelerator
 
-from mnist_sum.batches import EvalBatches
-from mnist_sum.model import NUM_DIGITS, SumNet, sum_loss
+from mnist_sum.data.batches import EvalBatches
+from mnist_sum.model.network import NUM_DIGITS, SumNet, sum_loss
 
 Predictions = dict[str, torch.Tensor]
 """Per-sample columns of one split: index, label, number, pred_digit, pred_sum, digit_loss, sum_loss

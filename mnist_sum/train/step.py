@@ -2,8 +2,8 @@
 
 The trainer and bench/speed.py both call `train_step`, so the benchmark times exactly the step that training
 runs. The step never waits on the host: its batch, warps and dropout keys are already on the device
-(`mnist_sum.batches`), the optimizer is fused (`mnist_sum.schedule`), and what the loop wants to know (losses,
-hits, a skipped fp16 step) comes back as device tensors, read only at log steps (`mnist_sum.window`).
+(`mnist_sum.data.batches`), the optimizer is fused (`mnist_sum.train.schedule`), and what the loop wants to know (losses,
+hits, a skipped fp16 step) comes back as device tensors, read only at log steps (`mnist_sum.train.window`).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import NamedTuple
 import torch
 from accelerate import Accelerator
 
-from mnist_sum.augment import corrupt, warp
-from mnist_sum.averaging import WeightAverage
 from mnist_sum.config import Config
-from mnist_sum.model import sum_loss
+from mnist_sum.data.augment import corrupt, warp
+from mnist_sum.model.network import sum_loss
+from mnist_sum.train.averaging import WeightAverage
 
 
 class StepOutput(NamedTuple):

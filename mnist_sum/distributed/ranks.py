@@ -15,7 +15,7 @@ T = TypeVar("T")
 
 
 def check_world(cfg: Config, world: int) -> None:
-    """Any number of processes splits a global batch (mnist_sum.batches), as long as each gets a sample, or with
+    """Any number of processes splits a global batch (mnist_sum.data.batches), as long as each gets a sample, or with
     ghost BatchNorm a whole statistics group."""
     unit = cfg.model.norm_unit
     if cfg.train.global_batch_size < world * unit:

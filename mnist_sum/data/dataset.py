@@ -1,6 +1,6 @@
 """The sum dataset: (image, number) pairs with reproducible numbers, batched by tensor indexing.
 
-`pair_numbers(seed, split, epoch, index)` is a counter-based hash (`mnist_sum.streams`), so a sample's
+`pair_numbers(seed, split, epoch, index)` is a counter-based hash (`mnist_sum.data.streams`), so a sample's
 number depends on nothing else: not world size, workers, batch size, shuffle order or a resume.
 Val and test always use epoch 0, so their pairs never change; train draws fresh numbers each epoch.
 """
@@ -13,9 +13,9 @@ import torch
 from torch.utils.data import Dataset
 
 from mnist_sum.config import Config
+from mnist_sum.data.sources import Splits, load_hf, load_idx
+from mnist_sum.data.streams import STREAM_IDS, digits, generator_seed, stream_key
 from mnist_sum.errors import UsageError
-from mnist_sum.sources import Splits, load_hf, load_idx
-from mnist_sum.streams import STREAM_IDS, digits, generator_seed, stream_key
 
 
 def pair_numbers(seed: int, split: str, epoch: int, index: torch.Tensor | Sequence[int]) -> torch.Tensor:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from mnist_sum.accelerator import make_accelerator
-from mnist_sum.batches import EvalBatches
 from mnist_sum.config import load_config
-from mnist_sum.data import load_splits, make_datasets
-from mnist_sum.outputs import load_weights, resolve_weights
-from mnist_sum.results import read_results
-from mnist_sum.scoring import gather_predictions, metrics
+from mnist_sum.data.batches import EvalBatches
+from mnist_sum.data.dataset import load_splits, make_datasets
+from mnist_sum.distributed.accelerator import make_accelerator
+from mnist_sum.model.scoring import gather_predictions, metrics
+from mnist_sum.model.weights import load_weights, resolve_weights
+from mnist_sum.train.results import read_results
 
 
 def evaluate_weights(target: str, batch_size: int | None = None, mixed_precision: str | None = None,

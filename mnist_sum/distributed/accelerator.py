@@ -16,10 +16,10 @@ from accelerate.utils import (
     ProjectConfiguration,
 )
 
-from mnist_sum.cpu import keep_freed_memory, set_threads
+from mnist_sum.distributed.cpu import keep_freed_memory, set_threads
+from mnist_sum.distributed.launch_flags import check_launch_flags
+from mnist_sum.distributed.process_group import form_group
 from mnist_sum.errors import LaunchError, UsageError
-from mnist_sum.launch_flags import check_launch_flags
-from mnist_sum.process_group import form_group
 
 
 def _check_trackers(names: list[str]) -> None:
@@ -48,10 +48,10 @@ def make_accelerator(log_with: list[str] | None = None, timeout_s: int = 300, cp
     accelerator = Accelerator(
         cpu=cpu, log_with=log_with or None, mixed_precision=mixed_precision,
         # Accelerate takes TensorBoard's logging folder here, before the run folder is known (the processes agree
-        # on that through this Accelerator): a stand-in that mnist_sum.tracking.Tracker.start replaces with the
+        # on that through this Accelerator): a stand-in that mnist_sum.tracking.trackers.Tracker.start replaces with the
         # run folder's before init_trackers reads it. Accelerate has no other place to give it later.
         project_config=ProjectConfiguration(logging_dir="tensorboard"),
-        # The data is divided by mnist_sum.batches, not by Accelerate; split_batches only makes the prepared
+        # The data is divided by mnist_sum.data.batches, not by Accelerate; split_batches only makes the prepared
         # LR schedule step once per optimizer step (without it, once per process).
         dataloader_config=DataLoaderConfiguration(split_batches=True),
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s)),

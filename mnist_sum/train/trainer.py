@@ -1,7 +1,7 @@
 """The training loop, readable top to bottom: `train()` is the recipe, `Trainer` holds the parts it calls.
 
 set up (Accelerator, data, model, run folder, resume) -> for each epoch: train its steps, validate and keep
-the weights val selects (mnist_sum.selection), checkpoint -> score the test split once, on those weights, and
+the weights val selects (mnist_sum.train.selection), checkpoint -> score the test split once, on those weights, and
 write the outputs.
 Every way out, success or not, goes through one exit path that closes the trackers, restores the signal
 handlers and ends the Accelerator's run.
@@ -19,27 +19,27 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from mnist_sum.accelerator import make_accelerator, use_deterministic_algorithms
-from mnist_sum.checkpoint import Checkpointer, CheckpointPolicy
-from mnist_sum.clock import RunClock
 from mnist_sum.config import Config
+from mnist_sum.distributed.accelerator import make_accelerator, use_deterministic_algorithms
+from mnist_sum.distributed.launch_flags import read_launch_flags
+from mnist_sum.distributed.peers import peers_watched
+from mnist_sum.distributed.ranks import check_world
+from mnist_sum.distributed.signals import StopRequest
 from mnist_sum.errors import Stopped
 from mnist_sum.files import write_json
-from mnist_sum.flops import count_flops
-from mnist_sum.launch_flags import read_launch_flags
-from mnist_sum.layers import sum_running_stats
-from mnist_sum.outputs import save_predictions, save_weights
-from mnist_sum.parts import build_data, build_model_and_optimizer, open_run_folder, start_state
-from mnist_sum.peers import peers_watched
-from mnist_sum.plots import PlotWriter
-from mnist_sum.ranks import check_world
-from mnist_sum.results import Results, git_state, results_record
-from mnist_sum.scoring import Predictions, digit_confusion, gather_predictions, metrics, wrong_samples
-from mnist_sum.selection import later_replaces
-from mnist_sum.signals import StopRequest
-from mnist_sum.step import StepOutput, train_step
-from mnist_sum.tracking import Tracker, tracker_names
-from mnist_sum.window import TrainLog
+from mnist_sum.model.flops import count_flops
+from mnist_sum.model.layers import sum_running_stats
+from mnist_sum.model.scoring import Predictions, digit_confusion, gather_predictions, metrics, wrong_samples
+from mnist_sum.model.weights import save_predictions, save_weights
+from mnist_sum.tracking.plots import PlotWriter
+from mnist_sum.tracking.trackers import Tracker, tracker_names
+from mnist_sum.train.checkpoint import Checkpointer, CheckpointPolicy
+from mnist_sum.train.clock import RunClock
+from mnist_sum.train.parts import build_data, build_model_and_optimizer, open_run_folder, start_state
+from mnist_sum.train.results import Results, git_state, results_record
+from mnist_sum.train.selection import later_replaces
+from mnist_sum.train.step import StepOutput, train_step
+from mnist_sum.train.window import TrainLog
 
 
 def train(cfg: Config, config_name: str = "default", resume: str | None = None) -> Results:
@@ -74,7 +74,7 @@ def _progress_bar(main: bool) -> dict[str, Any]:
 
 
 class Trainer:
-    """One run's parts, built in order, each by a function of mnist_sum.parts: data, the model and its optimizer,
+    """One run's parts, built in order, each by a function of mnist_sum.train.parts: data, the model and its optimizer,
     the run folder, the tracker and the train log, the checkpointer, the loop state (resumed or fresh), the stop
     request. A context manager: leaving it (whatever the way out) undoes what was set up, in reverse order."""
 
@@ -93,7 +93,7 @@ class Trainer:
             check_world(cfg, accelerator.num_processes)
             if cfg.train.deterministic:
                 use_deterministic_algorithms()
-            # Before the data and the model: the helper imports matplotlib meanwhile (mnist_sum.plots says why).
+            # Before the data and the model: the helper imports matplotlib meanwhile (mnist_sum.tracking.plots says why).
             self.plots = on_exit.enter_context(PlotWriter(enabled=accelerator.is_main_process))
             self.data = build_data(cfg, accelerator)
             self.model = build_model_and_optimizer(cfg, accelerator, self.data.steps_per_epoch * cfg.train.epochs)
@@ -151,7 +151,7 @@ class Trainer:
                 if state.step % cfg.train.log_every == 0 or state.batches_done == data.steps_per_epoch:
                     bar.set_postfix(loss=f"{self.train_log.flush(state)['train/loss']:.4f}")
                     # Where the processes meet anyway, and where a stop may checkpoint: an interrupted run and an
-                    # uninterrupted one sum the BatchNorm shares at the same steps (mnist_sum.layers).
+                    # uninterrupted one sum the BatchNorm shares at the same steps (mnist_sum.model.layers).
                     sum_running_stats(self.model.network)
                     stop = self.stop.agreed()
                 checkpoint = self.checkpointer.after_step(state, self.best_weights, stop_requested=stop)
@@ -173,7 +173,7 @@ class Trainer:
 
     def validate_and_select(self) -> None:
         """Score the val split with the weights the run keeps (their moving average, with `train.ema_decay`), and
-        keep them (in memory) unless the weights kept so far are better beyond val's noise (mnist_sum.selection:
+        keep them (in memory) unless the weights kept so far are better beyond val's noise (mnist_sum.train.selection:
         a later epoch, trained longer at a lower learning rate, wins a near tie).
 
         Selection is on accuracy, what the run is for, not on val loss: with label smoothing the net is

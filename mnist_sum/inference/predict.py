@@ -1,6 +1,6 @@
 """Prediction on image files: digit and sum, with their probabilities, for images of any size.
 
-Photos and drawings are brought into MNIST's form first (`mnist_sum.framing`). Every file gets its own
+Photos and drawings are brought into MNIST's form first (`mnist_sum.data.framing`). Every file gets its own
 answer: one that cannot be read, or holds no digit, gets an error naming it, and the others are still read.
 """
 
@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from mnist_sum.data.framing import to_mnist
 from mnist_sum.errors import UsageError
-from mnist_sum.framing import to_mnist
-from mnist_sum.outputs import load_weights, resolve_weights
+from mnist_sum.model.weights import load_weights, resolve_weights
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
 MAX_PIXELS = 40_000_000  # a 40-megapixel photo is plenty; beyond that it is more likely a mistake or a bomb

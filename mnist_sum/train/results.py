@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from mnist_sum.clock import RunClock
 from mnist_sum.config import PROJECT_ROOT, Config
-from mnist_sum.state import LoopState
+from mnist_sum.train.clock import RunClock
+from mnist_sum.train.state import LoopState
 
 if TYPE_CHECKING:
     import torch
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 class Results(TypedDict):
     config: str  # the config file the run started from
-    test: dict[str, Any]  # mnist_sum.scoring.metrics of the test split, on the best-val weights
+    test: dict[str, Any]  # mnist_sum.model.scoring.metrics of the test split, on the best-val weights
     best_val: dict[str, Any]  # val metrics of the selected epoch, with its epoch and step
     steps: int
     epochs: int
@@ -44,7 +44,7 @@ class Results(TypedDict):
     mixed_precision: str
     peak_memory_mb: float
     versions: dict[str, str]
-    launch_flags: dict[str, Any]  # the accelerate launch flags the run honoured (mnist_sum.launch_flags)
+    launch_flags: dict[str, Any]  # the accelerate launch flags the run honoured (mnist_sum.distributed.launch_flags)
     threads: int  # torch's CPU threads per process
 
 

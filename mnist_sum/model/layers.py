@@ -7,7 +7,7 @@
   different function from one GPU's 128); BatchNorm over the global batch, as torch's SyncBatchNorm, costs two
   all-reduces per layer per step, in sequence with the layers (docs/distributed.md has the candidates measured).
 - `KeyedDropout`: dropout whose mask for a sample is a hash of that sample's key (seed, epoch, index; see
-  `mnist_sum.batches`), not a draw from the process's RNG, so a sample gets the same mask on any rank, in any
+  `mnist_sum.data.batches`), not a draw from the process's RNG, so a sample gets the same mask on any rank, in any
   batch, and after a resume.
 - `norm_layer`: the normalisation `model.norm` names (ghost BatchNorm, LayerNorm or none: none of them needs a
   collective).
@@ -22,12 +22,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from mnist_sum.streams import keyed_uniforms
+from mnist_sum.data.streams import keyed_uniforms
 
 
 class GhostBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm whose training statistics are those of fixed groups of `group_size` consecutive samples of the
-    global batch ("ghost" batch norm). A process's slice holds whole groups (mnist_sum.batches cuts slices on
+    global batch ("ghost" batch norm). A process's slice holds whole groups (mnist_sum.data.batches cuts slices on
     group boundaries), so each sample is normalised the same way on any number of processes, without a
     collective: the only one a step needs is DDP's gradient all-reduce.
 

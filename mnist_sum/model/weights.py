@@ -13,8 +13,8 @@ from safetensors.torch import load_file, save_file
 from mnist_sum.config import ModelConfig, with_former_defaults
 from mnist_sum.errors import UsageError
 from mnist_sum.files import atomic_write, write_text
-from mnist_sum.model import SumNet, build_model
-from mnist_sum.scoring import Predictions
+from mnist_sum.model.network import SumNet, build_model
+from mnist_sum.model.scoring import Predictions
 
 PREDICTION_COLUMNS = ("index", "label", "number", "pred_digit", "pred_sum")
 

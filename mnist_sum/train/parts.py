@@ -10,18 +10,18 @@ import yaml
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from mnist_sum.averaging import WeightAverage
-from mnist_sum.batches import EvalBatches, TrainBatches
-from mnist_sum.checkpoint import Checkpointer
 from mnist_sum.config import Config
-from mnist_sum.data import SumDataset, load_splits, make_datasets
+from mnist_sum.data.batches import EvalBatches, TrainBatches
+from mnist_sum.data.dataset import SumDataset, load_splits, make_datasets
+from mnist_sum.distributed.ranks import main_decides
 from mnist_sum.errors import UsageError
 from mnist_sum.files import write_text
-from mnist_sum.model import build_model
-from mnist_sum.ranks import main_decides
-from mnist_sum.runs import OpenedRun, open_run
-from mnist_sum.schedule import make_optimizer
-from mnist_sum.state import LoopState
+from mnist_sum.model.network import build_model
+from mnist_sum.train.averaging import WeightAverage
+from mnist_sum.train.checkpoint import Checkpointer
+from mnist_sum.train.runs import OpenedRun, open_run
+from mnist_sum.train.schedule import make_optimizer
+from mnist_sum.train.state import LoopState
 
 
 @dataclass
@@ -42,7 +42,7 @@ class Data:
 
 def build_data(cfg: Config, accelerator: Accelerator) -> Data:
     """Decoded once on the main process first (it may download or build a cache), then kept on the training
-    device (MNIST is 55 MB). The data is not prepared by Accelerate: mnist_sum.batches divides it (and says why)."""
+    device (MNIST is 55 MB). The data is not prepared by Accelerate: mnist_sum.data.batches divides it (and says why)."""
     with accelerator.main_process_first():
         splits = load_splits(cfg)
     train_set, val_set, test_set = (d.to(accelerator.device) for d in make_datasets(cfg, splits))

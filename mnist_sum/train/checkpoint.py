@@ -3,7 +3,7 @@ torchtitan's CheckpointManager): when to save, what goes in, how it is written, 
 
 A checkpoint is Accelerate's `save_state` (model, optimizer, scheduler, grad scaler, every process's
 RNG states) plus `best.safetensors` (the weights kept so far, which the final test needs), with
-`train.ema_decay` `average.safetensors` (the moving average of the weights, mnist_sum.averaging), and
+`train.ema_decay` `average.safetensors` (the moving average of the weights, mnist_sum.train.averaging), and
 `meta.json` (the `LoopState`), written last, holding the loop position and the SHA-256 of every other
 file. Everything is written into `.tmp_step_NNNNNN/` and renamed when complete, so a folder named
 `step_*` with a `meta.json` whose hashes match is a whole checkpoint, whatever happened during the save.
@@ -23,13 +23,13 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
-from mnist_sum.averaging import WeightAverage
-from mnist_sum.clock import RunClock
 from mnist_sum.config import CheckpointConfig
 from mnist_sum.errors import DamagedCheckpoint, Diverged, UsageError
-from mnist_sum.layers import sum_running_stats
-from mnist_sum.state import LoopState
-from mnist_sum.window import TrainLog
+from mnist_sum.model.layers import sum_running_stats
+from mnist_sum.train.averaging import WeightAverage
+from mnist_sum.train.clock import RunClock
+from mnist_sum.train.state import LoopState
+from mnist_sum.train.window import TrainLog
 
 BEST = "best.safetensors"
 AVERAGE = "average.safetensors"

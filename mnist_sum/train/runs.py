@@ -6,12 +6,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from mnist_sum.checkpoint import find_latest, open_checkpoint
 from mnist_sum.config import Config, flatten, with_former_defaults
 from mnist_sum.errors import UsageError
 from mnist_sum.files import write_text
 from mnist_sum.launcher import launch_time
-from mnist_sum.state import LoopState
+from mnist_sum.train.checkpoint import find_latest, open_checkpoint
+from mnist_sum.train.state import LoopState
 
 # Keys that may differ between a checkpoint and the resumed run: none of them changes the weights.
 # train.micro_batches: the same function, summed in another order (like another number of processes).

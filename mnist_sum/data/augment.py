@@ -2,7 +2,7 @@
 corruptions of real images (noise, specks, lines, outlines, blur).
 
 Each sample's warp parameters are drawn from a counter-based hash of (seed, epoch, index), like its number
-(`mnist_sum.batches` draws them once per epoch, on the device), so a resumed run, another process count or
+(`mnist_sum.data.batches` draws them once per epoch, on the device), so a resumed run, another process count or
 another batch size sees exactly the same pixels. The warp runs on the whole batch at once, on the training
 device (`affine_grid` + `grid_sample`).
 """
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from mnist_sum.config import AugmentConfig
-from mnist_sum.streams import keyed_uniforms
+from mnist_sum.data.streams import keyed_uniforms
 
 
 def warp(images: torch.Tensor, cfg: AugmentConfig, u: torch.Tensor, noise_key: torch.Tensor | None = None) -> torch.Tensor:
@@ -40,7 +40,7 @@ def _elastic_field(noise_key: torch.Tensor, largest_px: float, points: int) -> t
     """[B, 28, 28, 2] displacements in affine_grid's [-1, 1] units: each sample's own random offsets (up to
     `largest_px` pixels each axis) at a `points` x `points` lattice, interpolated bicubically over the image.
     A smooth field the way Simard et al. (2003) smoothed per-pixel noise with a Gaussian, without a convolution
-    (mnist_sum/flops.py counts convolutions as model compute; see _gaussian_blur)."""
+    (mnist_sum/model/flops.py counts convolutions as model compute; see _gaussian_blur)."""
     b = noise_key.shape[0]
     u = keyed_uniforms(_ELASTIC_KEY, noise_key, 2 * points * points).view(b, 2, points, points) * 2 - 1
     field = F.interpolate(u * (2.0 * largest_px / 28.0), size=(28, 28), mode="bicubic", align_corners=True)
@@ -53,7 +53,7 @@ _PARAMS_KEY, _PIXELS_KEY, _ELASTIC_KEY = 2, 1, 3  # apart from dropout's (0): th
 
 def _gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     """[B, 28, 28] blurred by a 5-tap Gaussian along each axis, as weighted sums of shifted copies: elementwise
-    work like the rest of the augmentation, which is not counted as model compute (mnist_sum/flops.py counts
+    work like the rest of the augmentation, which is not counted as model compute (mnist_sum/model/flops.py counts
     convolutions, so a conv2d here would add to every run's FLOPs)."""
     weights = [math.exp(-d * d / (2 * sigma * sigma)) for d in range(-2, 3)]
     weights = [w / sum(weights) for w in weights]

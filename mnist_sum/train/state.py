@@ -34,7 +34,7 @@ class LoopState:
     batches_done: int = 0
     """Batches of `epoch` already trained on; a resume skips them."""
     best_val: dict[str, Any] = field(default_factory=dict)
-    """Val metrics of the epoch whose weights are kept so far (mnist_sum.selection), with its epoch and step."""
+    """Val metrics of the epoch whose weights are kept so far (mnist_sum.train.selection), with its epoch and step."""
     kept_wrong: list[int] = field(default_factory=list)
     """The val samples (by index) the kept weights get wrong on either head: what a later epoch is compared with."""
     train_time_s: float = 0.0

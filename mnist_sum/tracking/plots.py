@@ -8,7 +8,7 @@ outputs, side by side with the former in-process drawing: 91% of its time overla
 other). This module imports neither torch nor anything that does, so that the helper starts in a fraction of
 a second.
 
-    python -m mnist_sum.plots     # the helper: draws the run that one JSON line on stdin names
+    python -m mnist_sum.tracking.plots     # the helper: draws the run that one JSON line on stdin names
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ class PlotWriter:
         self._child: subprocess.Popen | None = None
         if enabled:
             # The package's folder on the path: the helper finds mnist_sum even when the project is not installed.
-            paths = [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")]
+            paths = [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]
             self._child = subprocess.Popen(
-                [sys.executable, "-m", "mnist_sum.plots"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                [sys.executable, "-m", "mnist_sum.tracking.plots"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, paths))))
 
     def write(self, run_dir: Path, confusion: list[list[int]]) -> None:

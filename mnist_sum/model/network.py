@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_sum.config import ModelConfig
-from mnist_sum.layers import KeyedDropout, norm_layer
+from mnist_sum.model.layers import KeyedDropout, norm_layer
 
 NUM_DIGITS = 10
 NUM_SUMS = 19  # 0 + 0 .. 9 + 9

@@ -15,10 +15,10 @@ from collections.abc import Iterator
 
 import torch
 
-from mnist_sum.data import SumDataset
-from mnist_sum.streams import STREAM_IDS, generator_seed, hashed, stream_key, uniforms
+from mnist_sum.data.dataset import SumDataset
+from mnist_sum.data.streams import STREAM_IDS, generator_seed, hashed, stream_key, uniforms
 
-WARP_PARAMS = 5  # rotation, scale, shear, shift x, shift y (mnist_sum.augment)
+WARP_PARAMS = 5  # rotation, scale, shear, shift x, shift y (mnist_sum.data.augment)
 
 
 def shard(n: int, world: int, rank: int) -> tuple[int, int]:
@@ -39,7 +39,7 @@ class TrainBatches:
     A global batch is `global_batch_size` consecutive samples of the epoch's permutation (a function of
     (seed, epoch)); the last partial one is dropped, so every step has the same global batch. Rank r takes the
     rows of `shard(global_batch_size / unit, world, r)` units of `unit` samples: with ghost BatchNorm a unit is
-    one statistics group, which must not be split between processes (mnist_sum.layers). The global batches,
+    one statistics group, which must not be split between processes (mnist_sum.model.layers). The global batches,
     their samples, numbers, warps and dropout keys are the same for any number of processes."""
 
     def __init__(self, dataset: SumDataset, global_batch_size: int, seed: int, rank: int = 0, world: int = 1,
