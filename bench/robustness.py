@@ -29,7 +29,7 @@ from mnist_sum.config import load_config  # noqa: E402
 from mnist_sum.data.dataset import load_splits  # noqa: E402
 from mnist_sum.data.framing import to_mnist  # noqa: E402
 from mnist_sum.errors import UsageError  # noqa: E402
-from mnist_sum.model.weights import load_weights, resolve_weights  # noqa: E402
+from mnist_sum.inference.saved import open_saved  # noqa: E402
 
 
 def mnist_images(part: str, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -61,8 +61,8 @@ def framed(images: list[Image.Image], labels: np.ndarray) -> tuple[np.ndarray, n
     return frames, labels
 
 
-def digit_accuracy(weights: Path, sets: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
-    model = load_weights(weights)
+def digit_accuracy(target: str, sets: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    model = open_saved(target).model
     accuracy = {}
     with torch.no_grad():
         for name, (images, labels) in sets.items():
@@ -92,7 +92,7 @@ def show(sets: dict, path: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("runs", nargs="+", help="run folders or model.safetensors files")
+    parser.add_argument("runs", nargs="+", help="run folders, model.safetensors files or step_* checkpoints")
     parser.add_argument("--part", choices=["report", "select"], default="report")
     parser.add_argument("--count", type=int, default=1000, help="MNIST images per corruption")
     parser.add_argument("--show", metavar="PNG", help="write a sheet of framed examples")
@@ -101,7 +101,7 @@ def main() -> None:
     sets = framed_sets(args.part, args.count)
     if args.show:
         show(sets, args.show)
-    results = [digit_accuracy(resolve_weights(run)[0], sets) for run in args.runs]
+    results = [digit_accuracy(run, sets) for run in args.runs]
     print(f"digits read right, {args.part} part (bench/robustness.py)")
     print(table(args.runs, results, sets))
 

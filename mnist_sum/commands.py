@@ -130,10 +130,12 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="mnist-sum-evaluate",
                             description="Score saved weights on the MNIST test split: the run's fixed "
                             "(image, number) pairs and every image with every number 0..9.")
-    parser.add_argument("target", metavar="RUN_OR_WEIGHTS", help="a run folder or a model.safetensors file")
+    parser.add_argument("target", metavar="RUN_OR_WEIGHTS",
+                        help="a run folder, a model.safetensors file or a checkpoint folder (step_*) of a run")
     parser.add_argument("--split", choices=["test", "val"], default="test",
                         help="val: the run's held-out val images, on which it selected its weights")
-    parser.add_argument("--out", help="JSON file to write (default: evaluation.json beside the weights)")
+    parser.add_argument("--out", help="JSON file to write (default: evaluation.json beside the weights; "
+                        "for a checkpoint, evaluation_step_N.json in its run folder, which leaves the checkpoint as saved)")
     parser.add_argument("--batch-size", type=int, help="evaluation batch size (default: the run's train.eval_batch_size)")
     parser.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"],
                         help="default: the run's own (from its results.json), else no")
@@ -143,12 +145,21 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
         from mnist_sum.inference.evaluate import evaluate_weights, report_table  # after parsing: see the module docstring
 
         report = evaluate_weights(args.target, args.batch_size, args.mixed_precision, args.split)
-        out = Path(args.out) if args.out else Path(report["weights"]).with_name("evaluation.json")
+        out = Path(args.out) if args.out else default_evaluation_path(report)
         write_json(out, report)
         print(report_table(report))
         print(f"written: {out}")
 
     return run_command(evaluate_command, args.debug)
+
+
+def default_evaluation_path(report: dict) -> Path:
+    """evaluation.json beside the weights; a checkpoint's goes beside it, named after it, so the checkpoint
+    folder keeps exactly the files its meta.json lists."""
+    if report["checkpoint"]:
+        checkpoint = Path(report["checkpoint"])
+        return checkpoint.with_name(f"evaluation_{checkpoint.name}.json")
+    return Path(report["weights"]).with_name("evaluation.json")
 
 
 def number_0_to_9(text: str) -> int:
@@ -164,7 +175,8 @@ def number_0_to_9(text: str) -> int:
 
 def predict_main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="mnist-sum-predict", description="Read the digit in each image and add NUMBER to it.")
-    parser.add_argument("--weights", required=True, metavar="RUN_OR_WEIGHTS", help="a run folder or a model.safetensors")
+    parser.add_argument("--weights", required=True, metavar="RUN_OR_WEIGHTS",
+                        help="a run folder, a model.safetensors or a step_* checkpoint")
     parser.add_argument("--number", required=True, type=number_0_to_9, help="the integer 0..9 to add")
     parser.add_argument("--json", action="store_true", help="print one JSON list instead of lines")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, ... of any size")

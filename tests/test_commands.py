@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, child_env, run_python, run_script
+from conftest import ROOT, child_env, launch, run_python, run_script
 from PIL import Image, ImageOps
 
 from mnist_sum.commands import predict_main
@@ -63,6 +64,84 @@ def test_the_saved_weights_are_those_of_the_most_accurate_val_epoch(trained_run,
     rescored = json.loads(out.read_text())["val"]
     assert rescored["loss"] == pytest.approx(best["loss"], rel=1e-6)
     assert rescored["joint_acc"] == best["joint_acc"] and rescored["num_samples"] == best["num_samples"]
+
+
+@pytest.fixture(scope="module")
+def checkpointed_run(tmp_path_factory):
+    """Two processes, 16 steps, a checkpoint every 8: step_000008 is saved before the first validation (its
+    best.safetensors is empty), step_000016 after it."""
+    run_dir = tmp_path_factory.mktemp("checkpointed") / "run"
+    result = launch(["train.py", "--config", "configs/smoke.yaml", "data.train_limit=1024", "checkpoint.every_steps=8",
+                     "checkpoint.keep_last=2", "wandb.mode=disabled", f"run.dir={run_dir}"], num_processes=2)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in run_dir.glob("step_*")) == ["step_000008", "step_000016"]
+    return run_dir
+
+
+def test_evaluate_scores_a_checkpoint_as_its_run_would_test_it(checkpointed_run):
+    step = checkpointed_run / "step_000016"
+    files = sorted(p.name for p in step.iterdir())
+    result = run_script("mnist-sum-evaluate", [str(step)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = checkpointed_run / "evaluation_step_000016.json"  # beside the checkpoint, which stays as it was saved
+    assert f"written: {out}" in result.stdout and sorted(p.name for p in step.iterdir()) == files
+    report = json.loads(out.read_text())
+    assert report["weights"] == str(step / "best.safetensors") and report["checkpoint"] == str(step)
+    # The kept weights at the run's last step are the ones it tested: the same answers on every test pair.
+    tested = json.loads((checkpointed_run / "results.json").read_text())["test"]
+    for key in ("digit_acc", "sum_acc", "joint_acc", "exhaustive_sum_acc", "num_samples"):
+        assert report["test"][key] == tested[key], key
+
+
+def test_a_checkpoint_before_any_validation_scores_its_network(checkpointed_run, tmp_path):
+    step = checkpointed_run / "step_000008"
+    out = tmp_path / "early.json"
+    result = run_script("mnist-sum-evaluate", [str(step), "--split", "val", "--out", str(out)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["weights"] == str(step / "model.safetensors")  # the network, as Accelerate saved it
+    later = json.loads((checkpointed_run / "results.json").read_text())["best_val"]
+    assert report["val"]["num_samples"] == later["num_samples"] == 1000
+    assert report["val"]["loss"] > later["loss"]  # 8 steps in: worse than the network after 16
+
+
+def test_predict_reads_a_checkpoint_like_the_finished_run(checkpointed_run, mnist, tmp_path, capsys):
+    paths = []
+    for index in range(4):
+        paths.append(tmp_path / f"{index}.png")
+        Image.fromarray(mnist["test"][0][index].numpy()).save(paths[-1])
+    answers = []
+    for weights in (checkpointed_run, checkpointed_run / "step_000016"):
+        assert predict_main(["--weights", str(weights), "--number", "4", "--json", *map(str, paths)]) == 0
+        answers.append(json.loads(capsys.readouterr().out))
+    assert answers[0] == answers[1]
+
+
+def test_an_unfinished_run_points_to_its_newest_checkpoint(checkpointed_run, tmp_path, capsys):
+    run = tmp_path / "run"  # a run still training: checkpoints, no model.safetensors yet
+    for name in ("step_000008", "step_000016"):
+        shutil.copytree(checkpointed_run / name, run / name)
+    image = tmp_path / "x.png"
+    Image.new("L", (28, 28)).save(image)
+    assert predict_main(["--weights", str(run), "--number", "1", str(image)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"mnist-sum: error: run {run} has not finished: it has no model.safetensors yet "
+        f"(score its newest checkpoint: {run / 'step_000016'})"]
+
+
+def test_a_damaged_checkpoint_is_named_not_misread(checkpointed_run, tmp_path, capsys):
+    step = tmp_path / "run" / "step_000016"
+    shutil.copytree(checkpointed_run / "step_000016", step)
+    shutil.copy(checkpointed_run / "config.yaml", step.parent)
+    data = bytearray((step / "best.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (step / "best.safetensors").write_bytes(bytes(data))
+    image = tmp_path / "x.png"
+    Image.new("L", (28, 28)).save(image)
+    assert predict_main(["--weights", str(step), "--number", "1", str(image)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"mnist-sum: error: checkpoint {step} is damaged: best.safetensors is damaged (checksum mismatch) "
+        "(use another step_* folder of the run, or the run folder once it has finished)"]
 
 
 def _right_pairs(run_dir, count):
@@ -162,4 +241,5 @@ def test_the_console_scripts_answer_help_and_mistakes_without_training(tmp_path)
         assert "--debug" in run_script(name, ["--help"]).stdout
     missing = run_script("mnist-sum-evaluate", [str(tmp_path / "nothing")])
     assert missing.returncode == 2 and missing.stderr.strip().splitlines() == [
-        f"mnist-sum: error: weights file '{tmp_path / 'nothing'}' not found (pass a run folder or its model.safetensors)"]
+        f"mnist-sum: error: '{tmp_path / 'nothing'}' not found "
+        "(pass a run folder, its model.safetensors or one of its step_* folders)"]

@@ -8,8 +8,8 @@ from mnist_sum.config import load_config
 from mnist_sum.data.batches import EvalBatches
 from mnist_sum.data.dataset import load_splits, make_datasets
 from mnist_sum.distributed.accelerator import make_accelerator
+from mnist_sum.inference.saved import open_saved
 from mnist_sum.model.scoring import gather_predictions, metrics
-from mnist_sum.model.weights import load_weights, resolve_weights
 from mnist_sum.train.results import read_results
 
 
@@ -17,8 +17,8 @@ def evaluate_weights(target: str, batch_size: int | None = None, mixed_precision
                      split: str = "test") -> dict[str, Any]:
     """Metrics (fixed pairs and exhaustive) of saved weights on `split`, with the data and pairs of their run, in
     the run's mixed precision (from its results.json) unless `mixed_precision` says otherwise."""
-    weights, run_dir = resolve_weights(target)
-    model = load_weights(weights)
+    saved = open_saved(target)
+    model, run_dir = saved.model, saved.run_dir
     # The run's own config decides the data source and the (image, number) pairs; bare weights use the defaults.
     cfg = load_config(run_dir / "config.yaml" if run_dir else None, saved=run_dir is not None)
     if mixed_precision is None and run_dir and (run_dir / "results.json").is_file():
@@ -30,7 +30,8 @@ def evaluate_weights(target: str, batch_size: int | None = None, mixed_precision
                           accelerator.num_processes)
     model = model.to(accelerator.device)
     result = metrics(gather_predictions(model, batches, accelerator, exhaustive=True))
-    return {"weights": str(weights), "mixed_precision": accelerator.mixed_precision, "split": split, split: result}
+    return {"weights": str(saved.weights), "checkpoint": str(saved.checkpoint) if saved.checkpoint else None,
+            "mixed_precision": accelerator.mixed_precision, "split": split, split: result}
 
 
 def report_table(report: dict[str, Any]) -> str:

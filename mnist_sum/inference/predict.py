@@ -14,7 +14,7 @@ from PIL import Image, UnidentifiedImageError
 
 from mnist_sum.data.framing import to_mnist
 from mnist_sum.errors import UsageError
-from mnist_sum.model.weights import load_weights, resolve_weights
+from mnist_sum.inference.saved import open_saved
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
 MAX_PIXELS = 40_000_000  # a 40-megapixel photo is plenty; beyond that it is more likely a mistake or a bomb
@@ -50,7 +50,7 @@ def frame_file(path: str) -> np.ndarray:
 def predict_files(weights: str, number: int, paths: list[str]) -> list[dict]:
     """For each image file, in order: its digit and sum (each with its probability), `number` added; or, for a
     file that cannot be read or holds no digit, {"image": path, "error": the one-line reason}."""
-    model = load_weights(resolve_weights(weights)[0])
+    model = open_saved(weights).model
     frames, results = {}, {}
     for i, path in enumerate(paths):
         try:

@@ -27,26 +27,29 @@ def save_weights(path: Path, model: SumNet, cfg: ModelConfig) -> None:
 
 
 def resolve_weights(target: str | Path) -> tuple[Path, Path | None]:
-    """(weights file, its run folder or None) from a run folder or a .safetensors path."""
+    """(weights file, its run folder or None) from a run folder or a .safetensors path (checkpoint folders:
+    mnist_sum.inference.saved)."""
     path = Path(target)
     if path.is_dir():
         return path / "model.safetensors", path
     return path, path.parent if (path.parent / "config.yaml").is_file() else None
 
 
-def load_weights(path: str | Path) -> SumNet:
-    """Rebuild the network from a model.safetensors written by `save_weights`."""
+def load_weights(path: str | Path, cfg: ModelConfig | None = None) -> SumNet:
+    """Rebuild the network from a model.safetensors written by `save_weights`, or from weights without a model
+    config inside (a checkpoint's) with `cfg`."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"weights file {str(path)!r} not found", "pass a run folder or its model.safetensors")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
         tensors = load_file(str(path))
-        cfg = ModelConfig(**with_former_defaults({"model": json.loads(metadata["model_config"])})["model"])
+        if cfg is None:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+            cfg = ModelConfig(**with_former_defaults({"model": json.loads(metadata["model_config"])})["model"])
     except (SafetensorError, OSError, KeyError, ValueError, TypeError, UsageError) as err:
         raise UsageError(f"{path} is not a readable mnist-sum weights file ({type(err).__name__})",
-                         "pass the model.safetensors of a finished run") from None
+                         "pass the model.safetensors of a finished run, or one of its step_* checkpoints") from None
     model = build_model(cfg)
     try:
         model.load_state_dict(tensors)
