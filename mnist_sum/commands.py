@@ -1,10 +1,9 @@
 """The three commands, `mnist-sum-train` (also `train.py`), `mnist-sum-evaluate` and `mnist-sum-predict`:
 argument parsing, and every failure the project can name printed as one line with its exit code.
 
-The library modules they call load torch (about 2 s). They are imported inside each command, after the
+The library modules they call load torch (seconds). They are imported inside each command, after the
 arguments and (for training) the config are read, so that `--help`, a mistyped flag or a config error
-answers at once (measured on the 2-core development machine: `mnist-sum-train --help` and a config typo
-take 0.06-0.09 s; with torch loaded first, as before, `--help` took 2.0 s).
+answers at once, without torch (docs/benchmarks.md: Start-up).
 """
 
 from __future__ import annotations
@@ -73,7 +72,7 @@ def run_command(command: Callable[[], int | None], debug: bool) -> int:
 def exit_now(code: int) -> NoReturn:
     """End the process as soon as a command is done and its outputs are written: the atexit handlers run (W&B's
     teardown, logging), stdout and stderr are flushed, and the interpreter's teardown of its 3,000 modules (torch
-    and its compiler's among them) is skipped: 2.6 s of every run on the 2-core machine (bench/fixed_cost.py).
+    and its compiler's among them) is skipped: seconds of every run (docs/benchmarks.md: Fixed cost).
     For the console scripts and train.py only: a caller in the same process (the tests) calls the `*_main`."""
     atexit._run_exitfuncs()
     sys.stdout.flush()

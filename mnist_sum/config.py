@@ -72,8 +72,8 @@ class AugmentConfig:
     """Elastic distortion: the field's lattice is elastic_points x elastic_points (fewer = smoother)."""
     corrupt: float = 0.0
     """Share of training images given one corruption (noise, specks, a line, outlines only, blur; see
-    mnist_sum/data/augment.py), whether or not they are warped. Quick and configs/robust.yaml use 0.3; the default
-    0, since 0.3 costs it 0.1% on MNIST test over five seeds (README: Robustness)."""
+    mnist_sum/data/augment.py), whether or not they are warped. configs/robust.yaml and quick-robust.yaml use
+    0.3; the default 0, since it costs accuracy on clean MNIST (docs/robustness.md)."""
 
     def __post_init__(self) -> None:
         for key in ("rotate_deg", "scale", "shear", "shift_px", "elastic_px"):
@@ -179,12 +179,11 @@ class TrainConfig:
     """Keep the last epoch's weights unless an earlier epoch's are right on more val samples by more than this
     many standard errors of the difference (McNemar); 0 = the best val epoch. mnist_sum.train.selection."""
     compile: bool = False
-    """torch.compile the model for training. Off: on the 2-core development CPU (torch 2.14, inductor) the
-    compiled training step was slower for both recipes (quick: 6,500 against 8,000 samples/s in fp32, 7,800
-    against 9,200 in bf16; default: 820 against 980) and compiling took 12-37 s. Try it on a GPU."""
+    """torch.compile the model for training. Off: on the development CPU the compiled step was slower for
+    both recipes, after seconds of compiling (docs/benchmarks.md: torch.compile). Try it on a GPU."""
     cpu_threads: int = 0
     """Threads per process when training on the CPU; 0 = this machine's cores shared by its processes.
-    (`accelerate launch` without a GPU sets OMP_NUM_THREADS=1: one thread; README, Train, has its cost.)"""
+    (`accelerate launch` without a GPU sets OMP_NUM_THREADS=1: one thread; docs/benchmarks.md: CPU settings, has its cost.)"""
     dist_timeout_s: int = 300
     """With several processes: give up on a collective (and end the job) after this many seconds, so a
     process that died or hangs takes the job down instead of leaving the others waiting forever."""

@@ -54,7 +54,7 @@ class SumDataset(Dataset):
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, split: str, seed: int) -> None:
         self.images, self.labels, self.split, self.seed = images, labels, split, seed
         self.epoch = 0
-        self._numbers: torch.Tensor | None = None  # this epoch's numbers for the whole split (2 ms to draw)
+        self._numbers: torch.Tensor | None = None  # this epoch's numbers for the whole split
 
     def set_epoch(self, epoch: int) -> None:
         # Val and test keep epoch 0 so their pairs never change.

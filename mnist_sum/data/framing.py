@@ -2,14 +2,14 @@
 centred as the MNIST images were made).
 
 Each step is what a person does without thinking, and each was chosen on the "select" part of
-bench/robustness.py (corrupted val images and digits from outside MNIST; never MNIST test):
+bench/robustness.py (corrupted val images and digits from outside MNIST; never MNIST test; what each choice
+measured: docs/robustness.md, How the framing was chosen):
 1. specks are ignored: isolated pixels far off their neighbours are replaced (salt-and-pepper, dust);
 2. the paper is the majority: polarity from the whole image, not its border (a border can be a stripe, fog
    or the digit itself): the paper's level is the median, and the side of it with more far-off mass is ink;
 3. the paper is what is left when strokes are taken away: the background is a grey opening (strokes are
    thinner than the opening's window), smoothed, of the paper levelled first (light falling off from one
-   side), so grey, uneven or foggy paper becomes black (on the select part, fog: 88% read right with a single
-   paper level, 96% with the opening);
+   side), so grey, uneven or foggy paper becomes black (a single paper level fails on fog);
 4. only an image with no structure at all is blank (less than MIN_CONTRAST grey levels of ink);
 5. the ink's box, less light pieces apart from the digit (dots, noise), is scaled to fit 20x20 and its centre
    of mass put in the middle of 28x28, also for 28x28 images (a shifted or shrunken digit is framed again;
@@ -49,7 +49,7 @@ def _gray(image: Image.Image) -> np.ndarray:
 def _despeckle(x: np.ndarray) -> np.ndarray:
     """Pixels far above (or below) all but one of their 8 neighbours take their 3x3 median: isolated specks
     and pairs go, while a line one pixel wide (two neighbours along it) stays. A plain median filter also
-    wiped thin strokes and outlines (bench/robustness.py --part select: outlines 37% -> 26%)."""
+    wiped thin strokes and outlines."""
     ring = np.ones((3, 3), bool)
     ring[1, 1] = False
     second_highest = ndimage.rank_filter(x, -2, footprint=ring, mode="nearest")
@@ -65,8 +65,8 @@ def _ink_is_dark(x: np.ndarray) -> bool:
     a wide blur of the image, so that paper lit unevenly is level; not the border (stripes, fog or the digit
     itself can lie there). A whole-image median instead failed on paper twice as bright at one end (the ink
     pulls the median its way, and the paper beyond it outweighed a thin digit). Below SPECK_MIN_SIDE the
-    digit fills the image and a blur would be mostly digit: there the level is the median (8x8 handwriting:
-    4% inverted with the blur, none with the median)."""
+    digit fills the image and a blur would be mostly digit: there the level is the median (a blur inverted
+    some 8x8 handwritten digits)."""
     level = np.median(x) if min(x.shape) < SPECK_MIN_SIDE else ndimage.uniform_filter(x, min(x.shape) // 2, mode="reflect")
     light = np.clip(x - level - MIN_CONTRAST, 0, None).sum()
     dark = np.clip(level - x - MIN_CONTRAST, 0, None).sum()
@@ -90,10 +90,9 @@ def _background(x: np.ndarray) -> np.ndarray:
     """The paper under light ink: a grey opening with a window wider than any stroke, then smoothed, of the
     paper made level first (`_paper_plane`). Paper lit from one side is a slope, and an opening keeps a slope
     only where its window fits: at the bright edge it fell short by slope x window / 2, an edge of residue that
-    widened the digit's box (paper twice as bright at one end: 2 of 8 test digits framed wrong; three times: all
-    8; none now). On the select part of bench/robustness.py levelling changed 0.0% of the corruptions' mean (fog
-    0.3-0.5% worse, shifts 0.1% better). Below SPECK_MIN_SIDE the digit fills the image, and no plane would fit
-    the paper (8x8 handwriting)."""
+    widened the digit's box on paper much brighter at one end (tests/test_framing.py has such paper); levelling
+    first leaves the select part's corruptions as they were. Below SPECK_MIN_SIDE the digit fills the image,
+    and no plane would fit the paper (8x8 handwriting)."""
     size = max(5, min(x.shape) // 3) | 1
     plane = _paper_plane(x) if min(x.shape) >= SPECK_MIN_SIDE else 0.0
     level = x - plane
@@ -131,9 +130,8 @@ def _without_rulings(ink: np.ndarray) -> np.ndarray:
 def _digit_box(ink: np.ndarray) -> tuple[int, int, int, int]:
     """[top, bottom) and [left, right) of the ink above BOX_THRESHOLD, less the pieces far lighter than the
     largest (FRAGMENT_SHARE): the dots of a dotted line, noise, the ends of a line across the image, which
-    widened the box and framed the digit too small. Chosen on the select part of bench/robustness.py (default
-    seed 2 / quick seed 0, corruptions' mean): none 88.2 / 93.9%, 3% 88.4 / 94.2%, 10% 88.8 / 94.6% (dotted
-    line +7%, noise +1-4%), 25% 89.0 / 94.7% but stripes 2% worse; clean and outside digits the same."""
+    widened the box and framed the digit too small. FRAGMENT_SHARE was chosen on the select part of
+    bench/robustness.py: higher shares help dotted lines and noise until they start to cut stripes."""
     inked = ink > BOX_THRESHOLD * ink.max()
     labels, count = ndimage.label(inked, structure=np.ones((3, 3)))
     if count > 1:
@@ -146,7 +144,7 @@ def _digit_box(ink: np.ndarray) -> tuple[int, int, int, int]:
 def _is_framed(ink: np.ndarray, box: tuple[int, int]) -> bool:
     """A 28x28 image already framed as MNIST is: its box 20 px and its centre of mass in the middle. It is kept
     as it is: framing it again would move half of the MNIST digits by a pixel (their centres lie anywhere in
-    [13.5, 14.5], and a 1-pixel shift costs a fast net without augmentation 0.3-0.5%)."""
+    [13.5, 14.5], and a net trained without augmentation misreads more of them when shifted)."""
     return ink.shape == (28, 28) and 19 <= max(box) <= 21 and all(
         abs(c - MNIST_CENTRE) <= 1 for c in ndimage.center_of_mass(ink))
 

@@ -1,8 +1,8 @@
 """MNIST's original IDX files as checked bytes, and reading them ahead of need.
 
-Torch-free on purpose: `mnist-sum-train` starts reading the files (decompressing and checksumming them, 0.3-0.4 s
-on 2 cores) in a thread before it imports torch, so that they are read while torch loads: zlib and hashlib let
-go of the GIL while they work (bench/fixed_cost.py, "setup").
+Torch-free on purpose: `mnist-sum-train` starts reading the files (decompressing and checksumming them) in a
+thread before it imports torch, so that they are read while torch loads: zlib and hashlib let go of the GIL
+while they work (bench/fixed_cost.py, "setup").
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ def load_idx(folder: str | Path) -> Splits:
 
 def _hf_splits(spec: str):
     """Open a `datasets` DatasetDict from a save_to_disk folder, a parquet folder, or a hub name."""
-    import datasets  # here, not at the top: 0.5 s of start-up (measured, torch already loaded) the IDX path does not need
+    import datasets  # here, not at the top: start-up the IDX path does not need (docs/benchmarks.md: Start-up)
 
     path = resolve_path(spec)  # a local folder if one exists by that name, else a hub name
     if path.is_dir() and (path / "dataset_dict.json").is_file():

@@ -2,11 +2,11 @@
 
 Two settings that a bare `python loop.py` gets by luck and `accelerate launch train.py` does not:
 - `accelerate launch` sets OMP_NUM_THREADS=1 on a machine without GPUs, one thread where the machine has more
-  (README, Train, has the measured cost);
+  (docs/benchmarks.md: CPU settings, has the measured cost);
 - glibc's malloc hands large blocks (a batch's activations are megabytes) back to the kernel when they are
   freed and maps them again on the next step, so every step pays page faults. How often depends on the
-  process's allocation history, which in train.py (datasets, W&B, checkpoints) makes it ~5-10% slower than
-  the same loop in a fresh script. Keeping freed memory in the heap removes that (bench/speed.py).
+  process's allocation history, which in train.py (datasets, W&B, checkpoints) makes it slower than the same
+  loop in a fresh script. Keeping freed memory in the heap removes that (bench/speed.py; docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ number, so it has to learn addition over digits rather than re-read the pixels; 
 together through one loss, the mean of their cross-entropies. The default head is bilinear: one
 linear layer over the outer product of p and the one-hot number, i.e. for each number a learned
 linear map from p to the 19 sum logits. Addition is such a map (logit of s = p[s - n]), so the head
-can add exactly, ties included; an MLP over [p, one-hot] only approximates it, and did fail to add
-on up to 0.14% of the val images whose digit it had read right.
+can add exactly, ties included; an MLP over [p, one-hot] only approximates it, and fails to add on
+some val images whose digit it read right (docs/results.md: The sum head).
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ NUM_DIGITS = 10
 NUM_SUMS = 19  # 0 + 0 .. 9 + 9
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 # The bilinear head's input has one non-zero column (the number's), summing to 1, so each of its logits
-# moves by about one step size per Adam step: at the default's warm-up learning rates it took several
-# epochs to add (81-84% sum accuracy on val after epoch 1, digit 98.6%). Scaling its input by 10 is a 10x
-# learning rate for this layer alone: 98.5% sum after epoch 1, and the sum right on 99.9-100% of the val
-# images with the digit right from then on (val, two seeds of the default, three of quick).
+# moves by about one step size per Adam step: at the default's warm-up learning rates it took epochs to
+# learn to add. Scaling its input by 10 is a 10x learning rate for this layer alone, and it adds after the
+# first epoch (docs/results.md: The sum head, measured on val).
 BILINEAR_INPUT_SCALE = 10.0
 
 

@@ -1,12 +1,10 @@
 """PNG plots in the run folder, drawn by a helper process: loss.png and accuracy.png from metrics.jsonl,
 confusion_digit.png from the test split's confusion matrix.
 
-Why a helper process: matplotlib's import is about a second of a run on 2 cores (bench/fixed_cost.py). The
-helper imports it while the trainer sets up, on a core the single-threaded start-up leaves idle. It draws once
-the test split is scored, not during the test: drawing beside torch's two threads slowed both (test plus
-outputs, side by side with the former in-process drawing: 91% of its time overlapped, 55% one after the
-other). This module imports neither torch nor anything that does, so that the helper starts in a fraction of
-a second.
+Why a helper process: matplotlib's import is a noticeable part of a short run (docs/benchmarks.md: Fixed
+cost). The helper imports it while the trainer sets up, on a core the single-threaded start-up leaves idle. It
+draws once the test split is scored, not during the test: drawing beside torch's threads slowed both. This
+module imports neither torch nor anything that does, so that the helper starts in a fraction of a second.
 
     python -m mnist_sum.tracking.plots     # the helper: draws the run that one JSON line on stdin names
 """

@@ -241,7 +241,7 @@ def _scalars(config: dict[str, Any]) -> dict[str, Any]:
 
 def wandb_examples(preds: Predictions, images: torch.Tensor, prefix: str, num_examples: int) -> dict[str, Any]:
     """W&B media for one evaluation: a table of misclassified examples and both confusion matrices."""
-    import wandb  # here, not at the top: 0.4 s of start-up that a run with W&B disabled does not need
+    import wandb  # here, not at the top: start-up a run with W&B disabled does not need (docs/benchmarks.md)
 
     digit_ok, sum_ok = hits(preds["label"], preds["number"], preds["pred_digit"], preds["pred_sum"])
     wrong = (~(digit_ok & sum_ok)).nonzero().flatten()[:num_examples]

@@ -1,7 +1,7 @@
 """Which epoch's weights a run keeps: the latest, unless an earlier epoch is better on val beyond val's noise.
 
-Plain "best val" lets one image of 5,000 pick weights that were not yet annealed (seed 0 of the default kept
-epoch 7 of 12 for 99.50% against 99.48%, and scored 0.17% less on test than its own last weights). Two epochs
+Plain "best val" lets one image of 5,000 pick weights that were not yet annealed (docs/results.md: Which
+weights a run keeps, has the case that showed it). Two epochs
 of one run differ on few val samples, so the noise of their difference is that of those few: McNemar's test
 counts the samples only the kept weights get right (b) and those only the later weights get right (c). The
 later weights replace the kept ones unless b - c > z * sqrt(b + c), i.e. unless the kept ones are better by
