@@ -5,7 +5,7 @@
 
 One process per (recipe, precision), as train.py runs: train.py's `train_step` on the same batches for each
 normalisation (ghost BatchNorm, LayerNorm, none), in alternating windows so all see the machine in the same
-moments; the median samples/s of each. Accuracy is not measured here: README, Scaling out, has each
+moments; the median samples/s of each. Accuracy is not measured here: docs/distributed.md has each
 candidate's val accuracy from real runs.
 """
 

@@ -8,7 +8,7 @@ Every image goes through what `mnist-sum-predict` does (`mnist_sum.data.framing.
 and the table gives, per set, the share of digits read right. The corruptions (bench/corruptions.py) are
 made from MNIST images: the `report` part from the first --count test images, the `select` part from the
 run's val images (held out of training), with other draws. The outside sets (bench/outside_digits.py) have
-two parts of their own. Choose recipes and preprocessing on `select`; quote `report` (README: Robustness).
+two parts of their own. Choose recipes and preprocessing on `select`; quote `report` (docs/robustness.md).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ def test_evaluate_reproduces_results_json(smoke_run, tmp_path):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """A small model trained well enough (about 95% on both heads) to read clear digits: 2 epochs of a narrow net,
-    fp32 (bf16 is 7x slower than fp32 on CPUs without AVX512-BF16, README: Mixed precision; tests/test_train_e2e.py
+    fp32 (bf16 is 7x slower than fp32 on CPUs without AVX512-BF16, docs/benchmarks.md; tests/test_train_e2e.py
     runs bf16 on the smoke recipe)."""
     run_dir = tmp_path_factory.mktemp("trained") / "run"
     env = child_env()

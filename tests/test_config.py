@@ -19,7 +19,7 @@ def test_default_yaml_spells_out_the_dataclass_defaults():
 
 
 def test_robust_yaml_is_the_default_trained_on_corruptions():
-    # README's robust table was trained as `train.py augment.corrupt=0.3`: the file must be that recipe.
+    # docs/robustness.md's robust column was trained as `train.py augment.corrupt=0.3`: the file must be that recipe.
     robust = flatten(load_config(ROOT / "configs" / "robust.yaml").to_dict())
     assert {k: v for k, v in robust.items() if v != flatten(Config().to_dict())[k]} == {"augment.corrupt": 0.3}
 

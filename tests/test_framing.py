@@ -62,7 +62,7 @@ def test_a_digit_on_grey_paper_either_way_round_is_the_mnist_digit(digits, paper
 
 
 _Y, _X = np.mgrid[0:112, 0:112] / 111
-# Lit from one side or a corner (light falling off towards all four corners is not levelled: README, Not there yet).
+# Lit from one side or a corner (light falling off towards all four corners is not levelled: docs/robustness.md).
 LIGHTS = {"one side twice as bright": 115 + 115 * _X, "the bottom twice as bright": 115 + 115 * _Y,
           "a corner three times as bright": 80 + 80 * (_X + _Y), "one side 1.5 times as bright": 150 + 80 * _X}
 

@@ -5,6 +5,7 @@ it is not at the top, and every package's `__init__.py` is empty."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,14 @@ def test_every_init_is_empty():
     # Importing a package runs its __init__: empty ones keep `--help` from loading torch through a re-export.
     inits = sorted(PACKAGE.rglob("__init__.py"))
     assert len(inits) == len(LAYERS) - 1 and all(p.read_text() == "" for p in inits), inits
+
+
+def test_the_readme_is_a_front_page_whose_links_lead_somewhere():
+    # Depth lives in docs/, one page per concern; the README stays short enough to read as a front page.
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 300
+    broken = [f"{page.name}: {link}" for page in pages for link in re.findall(r"\]\(([^)#]+)\)", page.read_text())
+              if not link.startswith("http") and not (page.parent / link).exists()]
+    assert not broken, broken
+    linked = set(re.findall(r"docs/([\w-]+\.md)", (ROOT / "README.md").read_text()))
+    assert linked == {p.name for p in pages[1:]}  # every docs page is reachable from the front page

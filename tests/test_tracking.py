@@ -131,7 +131,7 @@ def test_with_a_key_but_no_route_to_the_server_wandb_goes_offline(tmp_path):
     assert _wandb_file(tmp_path / "run")
 
 
-@pytest.mark.slow  # a whole training run of its own (the default pytest's budget: README, Tests)
+@pytest.mark.slow  # a whole training run of its own (the default pytest's budget: docs/tests.md)
 def test_wandb_disabled_writes_no_wandb_files(tmp_path):
     result = run_python(["train.py", "--config", "configs/smoke.yaml", "data.train_limit=1024", "wandb.mode=disabled",
                          f"run.dir={tmp_path / 'run'}"], extra_env={"WANDB_MODE": ""})

@@ -174,7 +174,7 @@ def test_a_global_batch_with_fewer_batchnorm_groups_than_processes_is_refused(tm
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.slow  # bf16 on the CPU: emulated, and 7x slower than fp32, on CPUs without AVX512-BF16 (README)
+@pytest.mark.slow  # bf16 on the CPU: emulated, and 7x slower than fp32, on CPUs without AVX512-BF16 (docs/benchmarks.md)
 def test_accelerate_config_file_launches(tmp_path):
     # Exactly the README's command: the config file alone decides processes and precision (bf16).
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "accelerate_config.yaml"),
