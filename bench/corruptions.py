@@ -1,4 +1,4 @@
-"""Fifteen corruptions of the kind cameras, scanners and people add to a digit, for bench/robustness.py.
+"""Seventeen corruptions of the kind cameras, scanners and people add to a digit, for bench/robustness.py.
 
 Each takes one MNIST image (float [28, 28] in 0..1, light digit on black) and a numpy Generator and returns
 the corrupted image (float, 0..1). The strengths are ones a person still reads easily (bench/robustness.py
@@ -123,6 +123,29 @@ def outlines(x, rng):
     return np.clip(grown - (x > 0.5), 0, 1)
 
 
+def edges(x, rng):
+    """What an edge detector leaves of the digit: the Sobel gradient's magnitude, strongest edge at full ink."""
+    from scipy import ndimage
+
+    magnitude = np.hypot(ndimage.sobel(x, 0), ndimage.sobel(x, 1))
+    return magnitude / max(float(magnitude.max()), 1e-6)
+
+
+def swapped_bands(x, rng):
+    """Polarity swapped in bands, as a scanner's fault or a highlighter leaves it: the two outer quarters of the
+    image (across or down), or one band of 6-10 px through the digit."""
+    across = rng.random() < 0.5  # bands across the image (rows) or down it (columns)
+    out = (x.T if across else x).copy()
+    if rng.random() < 0.5:
+        width = int(rng.integers(6, 9))
+        out[:, :width], out[:, 28 - width:] = 1 - out[:, :width], 1 - out[:, 28 - width:]
+    else:
+        width = int(rng.integers(6, 11))
+        start = int(rng.integers(4, 24 - width))
+        out[:, start:start + width] = 1 - out[:, start:start + width]
+    return out.T if across else out
+
+
 def shift(x, rng):
     angle, dist = rng.uniform(0, 2 * math.pi), rng.uniform(3, 5)
     return _shift(x, dist * math.cos(angle), dist * math.sin(angle))
@@ -145,7 +168,7 @@ def scale(x, rng):
 
 CORRUPTIONS = {f.__name__: f for f in (gaussian_noise, salt_and_pepper, blur, motion_blur, fog, low_contrast,
                                        grey_background, dotted_line, zigzag, stripes, outlines, shift, rotate,
-                                       shear, scale)}
+                                       shear, scale, edges, swapped_bands)}
 
 
 def corrupt(images: np.ndarray, kind: str, seed: int) -> np.ndarray:

@@ -32,6 +32,8 @@ RULING_SHARE = 0.04  # a line across the image at most this thick (of the image'
 SPECK_MIN_SIDE = 16  # below this a stroke is one pixel wide and looks like a speck, and the digit fills the image
 BOX_THRESHOLD = 0.1  # share of the strongest ink that counts towards the digit's box (MNIST's boxes: 20 px)
 FRAGMENT_SHARE = 0.1  # ink apart from the digit, lighter than this share of its largest piece, is not in its box
+BACKGROUND_STROKES = 4  # in a tight crop, the paper's window spans at least this many stroke widths
+CROP_LEVEL = 0.3  # ink at this share of the strongest, reaching two edges, makes the image a tight crop
 MNIST_CENTRE = 14.0  # where MNIST put the centre of mass (it lies in [13.5, 14.5] for every training image)
 
 
@@ -73,6 +75,18 @@ def _ink_is_dark(x: np.ndarray) -> bool:
     return bool(dark > light)
 
 
+def _stroke_width(x: np.ndarray) -> float:
+    """The digit's typical stroke width in pixels (light ink): twice the median distance to the paper along the
+    strokes' ridges, of the pixels above the midpoint between the paper's level and the brightest ink. Windows
+    measured in strokes, not in image sides, frame an enlarged scan as its small original: its strokes are
+    enlarged with it."""
+    level = float(np.median(x))
+    inked = x > (level + float(x.max())) / 2
+    distance = ndimage.distance_transform_edt(inked)
+    ridge = inked & (distance >= ndimage.maximum_filter(distance, 3))
+    return 2.0 * float(np.median(distance[ridge])) if ridge.any() else 1.0
+
+
 def _paper_plane(x: np.ndarray) -> np.ndarray:
     """The paper's level where light falls off from one side to the other: a plane fitted by least squares to
     the whole image, then again to the pixels at or below it, the paper (the ink is light here, and the
@@ -86,14 +100,15 @@ def _paper_plane(x: np.ndarray) -> np.ndarray:
     return (design @ np.linalg.lstsq(design[paper], values[paper], rcond=None)[0]).reshape(x.shape)
 
 
-def _background(x: np.ndarray) -> np.ndarray:
+def _background(x: np.ndarray, stroke: float = 0.0) -> np.ndarray:
     """The paper under light ink: a grey opening with a window wider than any stroke, then smoothed, of the
     paper made level first (`_paper_plane`). Paper lit from one side is a slope, and an opening keeps a slope
     only where its window fits: at the bright edge it fell short by slope x window / 2, an edge of residue that
     widened the digit's box on paper much brighter at one end (tests/test_framing.py has such paper); levelling
     first leaves the select part's corruptions as they were. Below SPECK_MIN_SIDE the digit fills the image,
-    and no plane would fit the paper (8x8 handwriting)."""
-    size = max(5, min(x.shape) // 3) | 1
+    and no plane would fit the paper (8x8 handwriting). The window is a third of the image, and at least
+    BACKGROUND_STROKES times `stroke` wide (a tight crop's stroke width, see `to_mnist`)."""
+    size = max(5, min(x.shape) // 3, int(BACKGROUND_STROKES * stroke)) | 1
     plane = _paper_plane(x) if min(x.shape) >= SPECK_MIN_SIDE else 0.0
     level = x - plane
     return ndimage.uniform_filter(ndimage.grey_opening(level, size, mode="nearest"), 3, mode="nearest") + plane
@@ -127,6 +142,13 @@ def _without_rulings(ink: np.ndarray) -> np.ndarray:
     return keep if keep.max() >= BOX_THRESHOLD * ink.max() else ink
 
 
+def _fills_frame(ink: np.ndarray) -> bool:
+    """The digit's ink (above CROP_LEVEL of the strongest) reaches two or more edges of the image: a digit cropped
+    tight, with no margin of paper (MNIST's frames, photos and drawings keep one; fog's residue is fainter)."""
+    inked = ink > CROP_LEVEL * ink.max() if ink.max() > 0 else np.zeros(ink.shape, bool)
+    return sum(bool(edge.any()) for edge in (inked[0], inked[-1], inked[:, 0], inked[:, -1])) >= 2
+
+
 def _digit_box(ink: np.ndarray) -> tuple[int, int, int, int]:
     """[top, bottom) and [left, right) of the ink above BOX_THRESHOLD, less the pieces far lighter than the
     largest (FRAGMENT_SHARE): the dots of a dotted line, noise, the ends of a line across the image, which
@@ -157,6 +179,10 @@ def to_mnist(image: Image.Image) -> np.ndarray:
     if _ink_is_dark(gray):
         gray = 255.0 - gray
     ink = np.clip(gray - _background(gray), 0, None)
+    if _fills_frame(ink):
+        # A tight crop (a low-resolution scan, however enlarged): strokes are a large share of the image, and a
+        # window of a third of it took the enlarged ones for paper. One measured in strokes scales with the scan.
+        ink = np.clip(gray - _background(gray, _stroke_width(gray)), 0, None)
     if ink.max() < MIN_CONTRAST:
         raise UsageError("the image is blank (no digit found)", "pass an image with a digit in it")
     ink = _without_rulings(ink)
