@@ -33,6 +33,7 @@ SPECK_MIN_SIDE = 16  # below this a stroke is one pixel wide and looks like a sp
 BOX_THRESHOLD = 0.1  # share of the strongest ink that counts towards the digit's box (MNIST's boxes: 20 px)
 FRAGMENT_SHARE = 0.1  # ink apart from the digit, lighter than this share of its largest piece, is not in its box
 BACKGROUND_STROKES = 4  # in a tight crop, the paper's window spans at least this many stroke widths
+BAND_SHARE = 0.15  # a band of swapped polarity is at least this share of the image wide; so are a line's ends
 CROP_LEVEL = 0.3  # ink at this share of the strongest, reaching two edges, makes the image a tight crop
 MNIST_CENTRE = 14.0  # where MNIST put the centre of mass (it lies in [13.5, 14.5] for every training image)
 
@@ -46,6 +47,36 @@ def _gray(image: Image.Image) -> np.ndarray:
         image = image.copy()
         image.thumbnail((ANALYSIS_SIDE, ANALYSIS_SIDE), Image.Resampling.BOX)
     return np.asarray(image, dtype=np.float32)
+
+
+def _unswap_bands(x: np.ndarray) -> np.ndarray:
+    """Bands of swapped polarity (a scanner's fault, a highlighter's stripe) made one polarity again. Along one
+    axis, each line's paper level (the median of its two ends, BAND_SHARE of the image each, where a digit
+    seldom is) falls into two groups whose levels are each other's inverse (P and 255 - P; a shadow darkens
+    paper and ink alike, and fog or stripes do not split so), each in runs at least BAND_SHARE of the image
+    wide: the lines of the lighter group are inverted. Below SPECK_MIN_SIDE the digit fills the image, and a
+    line's ends are the digit's."""
+    if min(x.shape) < SPECK_MIN_SIDE:
+        return x
+    for axis in (0, 1):
+        side, edge = x.shape[axis], max(2, round(BAND_SHARE * x.shape[axis]))
+        ends = np.concatenate([np.take(x, range(edge), axis), np.take(x, range(side - edge, side), axis)], axis)
+        paper = np.median(ends, axis=axis)  # one level per column (axis 0) or row (axis 1)
+        low, high = float(paper.min()), float(paper.max())
+        if high - low < 96 or abs(low + high - 255) > 64:
+            continue
+        light = paper > (low + high) / 2
+        runs = [np.bincount(ndimage.label(group)[0])[1:].min() for group in (light, ~light)]
+        spread = max(float(np.abs(paper[g] - np.median(paper[g])).max()) for g in (light, ~light))
+        if min(runs) < BAND_SHARE * len(paper) or spread > 48:  # paper is even within a band; a digit's ends are not
+            continue
+        out = x.copy()
+        if axis == 0:
+            out[:, light] = 255 - out[:, light]
+        else:
+            out[light] = 255 - out[light]
+        return out
+    return x
 
 
 def _despeckle(x: np.ndarray) -> np.ndarray:
@@ -173,7 +204,7 @@ def _is_framed(ink: np.ndarray, box: tuple[int, int]) -> bool:
 
 def to_mnist(image: Image.Image) -> np.ndarray:
     """Any image -> uint8 [28, 28], white digit on black, MNIST-style framing."""
-    gray = _gray(image)
+    gray = _unswap_bands(_gray(image))
     if min(gray.shape) >= SPECK_MIN_SIDE:
         gray = _despeckle(gray)
     if _ink_is_dark(gray):
