@@ -210,13 +210,15 @@ def to_mnist(image: Image.Image) -> np.ndarray:
     if _ink_is_dark(gray):
         gray = 255.0 - gray
     ink = np.clip(gray - _background(gray), 0, None)
-    if _fills_frame(ink):
-        # A tight crop (a low-resolution scan, however enlarged): strokes are a large share of the image, and a
-        # window of a third of it took the enlarged ones for paper. One measured in strokes scales with the scan.
-        ink = np.clip(gray - _background(gray, _stroke_width(gray)), 0, None)
     if ink.max() < MIN_CONTRAST:
         raise UsageError("the image is blank (no digit found)", "pass an image with a digit in it")
-    ink = _without_rulings(ink)
+    if _fills_frame(_without_rulings(ink)):
+        # A tight crop (a low-resolution scan, however enlarged): strokes are a large share of the image, and a
+        # window of a third of it took the enlarged ones for paper. One measured in strokes scales with the scan;
+        # and a line across the whole of a tight crop is the digit's own bar, not a ruling.
+        ink = np.clip(gray - _background(gray, _stroke_width(gray)), 0, None)
+    else:
+        ink = _without_rulings(ink)
     ink *= 255.0 / ink.max()
     top, bottom, left, right = _digit_box(ink)
     crop = ink[top:bottom, left:right]
