@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+from scipy import ndimage
 
 
 def _pil(x: np.ndarray) -> Image.Image:
@@ -125,8 +126,6 @@ def outlines(x, rng):
 
 def edges(x, rng):
     """What an edge detector leaves of the digit: the Sobel gradient's magnitude, strongest edge at full ink."""
-    from scipy import ndimage
-
     magnitude = np.hypot(ndimage.sobel(x, 0), ndimage.sobel(x, 1))
     return magnitude / max(float(magnitude.max()), 1e-6)
 

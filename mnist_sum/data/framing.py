@@ -176,7 +176,7 @@ def _without_rulings(ink: np.ndarray) -> np.ndarray:
 def _fills_frame(ink: np.ndarray) -> bool:
     """The digit's ink (above CROP_LEVEL of the strongest) reaches two or more edges of the image: a digit cropped
     tight, with no margin of paper (MNIST's frames, photos and drawings keep one; fog's residue is fainter)."""
-    inked = ink > CROP_LEVEL * ink.max() if ink.max() > 0 else np.zeros(ink.shape, bool)
+    inked = ink > CROP_LEVEL * ink.max()
     return sum(bool(edge.any()) for edge in (inked[0], inked[-1], inked[:, 0], inked[:, -1])) >= 2
 
 
@@ -212,13 +212,11 @@ def to_mnist(image: Image.Image) -> np.ndarray:
     ink = np.clip(gray - _background(gray), 0, None)
     if ink.max() < MIN_CONTRAST:
         raise UsageError("the image is blank (no digit found)", "pass an image with a digit in it")
-    if _fills_frame(_without_rulings(ink)):
-        # A tight crop (a low-resolution scan, however enlarged): strokes are a large share of the image, and a
-        # window of a third of it took the enlarged ones for paper. One measured in strokes scales with the scan;
-        # and a line across the whole of a tight crop is the digit's own bar, not a ruling.
-        ink = np.clip(gray - _background(gray, _stroke_width(gray)), 0, None)
-    else:
-        ink = _without_rulings(ink)
+    unruled = _without_rulings(ink)
+    # A tight crop (a low-resolution scan, however enlarged): strokes are a large share of the image, and a window
+    # of a third of it took the enlarged ones for paper. One measured in strokes scales with the scan; and a line
+    # across the whole of a tight crop is the digit's own bar, not a ruling.
+    ink = np.clip(gray - _background(gray, _stroke_width(gray)), 0, None) if _fills_frame(unruled) else unruled
     ink *= 255.0 / ink.max()
     top, bottom, left, right = _digit_box(ink)
     crop = ink[top:bottom, left:right]

@@ -12,16 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors import safe_open
+from accelerate.utils import SAFE_WEIGHTS_NAME
 
-from mnist_sum.config import ModelConfig, with_former_defaults
 from mnist_sum.errors import DamagedCheckpoint, UsageError
 from mnist_sum.model.network import SumNet
-from mnist_sum.model.weights import load_weights, resolve_weights
-from mnist_sum.train.checkpoint import BEST, check_checkpoint
+from mnist_sum.model.weights import WEIGHTS, load_weights, resolve_weights, saved_model_config
+from mnist_sum.train.checkpoint import BEST, check_checkpoint, find_latest
 from mnist_sum.train.state import META
-
-NETWORK = "model.safetensors"  # the name Accelerate's save_state gives the (one) prepared model's weights
 
 
 @dataclass
@@ -32,28 +29,21 @@ class Saved:
     checkpoint: Path | None = None
 
 
-def is_checkpoint(path: Path) -> bool:
-    return path.is_dir() and (path / META).is_file()
-
-
 def open_saved(target: str | Path) -> Saved:
     """The network saved at `target` (run folder, weights file or checkpoint folder), ready for evaluation."""
     path = Path(target)
     if not path.exists():
         raise UsageError(f"{str(path)!r} not found", "pass a run folder, its model.safetensors or one of its step_* folders")
-    checkpoints = sorted(path.glob("step_*")) if path.is_dir() else []
-    if checkpoints and not (path / "model.safetensors").is_file():
-        raise UsageError(f"run {path} has not finished: it has no model.safetensors yet",
-                         f"score its newest checkpoint: {checkpoints[-1]}")
-    if not is_checkpoint(path):
+    if not (path / META).is_file():  # a run folder or a weights file, not a checkpoint
+        if path.is_dir() and not (path / WEIGHTS).is_file() and (latest := find_latest(path)):
+            raise UsageError(f"run {path} has not finished: it has no {WEIGHTS} yet",
+                             f"score its newest checkpoint: {latest[0]}")
         weights, run_dir = resolve_weights(path)
         return Saved(load_weights(weights), weights, run_dir)
     try:
         state = check_checkpoint(path)
     except DamagedCheckpoint as err:  # its own advice is about resuming
         raise UsageError(err.what, "use another step_* folder of the run, or the run folder once it has finished") from None
-    with safe_open(str(path / BEST), framework="pt") as f:
-        validated = bool(list(f.keys()))  # empty until the run's first validation
-    weights = path / (BEST if validated else NETWORK)
-    cfg = ModelConfig(**with_former_defaults({"model": state.config["model"]})["model"])
-    return Saved(load_weights(weights, cfg), weights, path.parent, path)
+    # Until the run's first validation there are no kept weights (best.safetensors is empty): the network as saved.
+    weights = path / (BEST if state.best_val else SAFE_WEIGHTS_NAME)
+    return Saved(load_weights(weights, saved_model_config(state.config["model"])), weights, path.parent, path)

@@ -17,6 +17,12 @@ from mnist_sum.model.network import SumNet, build_model
 from mnist_sum.model.scoring import Predictions
 
 PREDICTION_COLUMNS = ("index", "label", "number", "pred_digit", "pred_sum")
+WEIGHTS = "model.safetensors"  # a finished run's weights, in its folder
+
+
+def saved_model_config(tree: dict) -> ModelConfig:
+    """The model config a run saved (its `model` section), with the keys it predates as they then were."""
+    return ModelConfig(**with_former_defaults({"model": tree})["model"])
 
 
 def save_weights(path: Path, model: SumNet, cfg: ModelConfig) -> None:
@@ -31,7 +37,7 @@ def resolve_weights(target: str | Path) -> tuple[Path, Path | None]:
     mnist_sum.inference.saved)."""
     path = Path(target)
     if path.is_dir():
-        return path / "model.safetensors", path
+        return path / WEIGHTS, path
     return path, path.parent if (path.parent / "config.yaml").is_file() else None
 
 
@@ -46,7 +52,7 @@ def load_weights(path: str | Path, cfg: ModelConfig | None = None) -> SumNet:
         if cfg is None:
             with safe_open(str(path), framework="pt") as f:
                 metadata = f.metadata() or {}
-            cfg = ModelConfig(**with_former_defaults({"model": json.loads(metadata["model_config"])})["model"])
+            cfg = saved_model_config(json.loads(metadata["model_config"]))
     except (SafetensorError, OSError, KeyError, ValueError, TypeError, UsageError) as err:
         raise UsageError(f"{path} is not a readable mnist-sum weights file ({type(err).__name__})",
                          "pass the model.safetensors of a finished run, or one of its step_* checkpoints") from None

@@ -30,7 +30,7 @@ from mnist_sum.files import write_json
 from mnist_sum.model.flops import count_flops
 from mnist_sum.model.layers import sum_running_stats
 from mnist_sum.model.scoring import Predictions, digit_confusion, gather_predictions, metrics, wrong_samples
-from mnist_sum.model.weights import save_predictions, save_weights
+from mnist_sum.model.weights import WEIGHTS, save_predictions, save_weights
 from mnist_sum.tracking.plots import PlotWriter
 from mnist_sum.tracking.trackers import Tracker, tracker_names
 from mnist_sum.train.checkpoint import Checkpointer, CheckpointPolicy
@@ -226,7 +226,7 @@ class Trainer:
         run_dir = self.run_dir
         self.clock.mark("outputs")
         if self.accelerator.is_main_process:
-            save_weights(run_dir / "model.safetensors", self.model.network, self.cfg.model)
+            save_weights(run_dir / WEIGHTS, self.model.network, self.cfg.model)
             save_predictions(run_dir / "test_predictions.csv", preds)
             self.plots.write(run_dir, digit_confusion(preds))
         results = results_record(self.cfg, self.state, test, self.clock, self.resumed_from, self.git, self.accelerator,
