@@ -11,7 +11,8 @@ measured: docs/robustness.md, How the framing was chosen):
    thinner than the opening's window), smoothed, of the paper levelled first (light falling off from one
    side), so grey, uneven or foggy paper becomes black (a single paper level fails on fog);
 4. only an image with no structure at all is blank (less than MIN_CONTRAST grey levels of ink);
-5. the ink's box, less light pieces apart from the digit (dots, noise), is scaled to fit 20x20 and its centre
+5. a digit drawn as its outline is filled: a hollow stroke is still the stroke;
+6. the ink's box, less light pieces apart from the digit (dots, noise), is scaled to fit 20x20 and its centre
    of mass put in the middle of 28x28, also for 28x28 images (a shifted or shrunken digit is framed again;
    one already framed as MNIST is kept).
 """
@@ -35,6 +36,8 @@ FRAGMENT_SHARE = 0.1  # ink apart from the digit, lighter than this share of its
 BACKGROUND_STROKES = 4  # in a tight crop, the paper's window spans at least this many stroke widths
 BAND_SHARE = 0.15  # a band of swapped polarity is at least this share of the image wide; so are a line's ends
 CROP_LEVEL = 0.3  # ink at this share of the strongest, reaching two edges, makes the image a tight crop
+HOLLOW_LENGTH = 12.0  # a hole in the ink this long for its depth (area / depth^2) can be a stroke's inside
+HOLLOW_WALL = 0.9  # the share of the ink that must be such holes' walls for the digit to be taken as an outline
 MNIST_CENTRE = 14.0  # where MNIST put the centre of mass (it lies in [13.5, 14.5] for every training image)
 
 
@@ -180,6 +183,36 @@ def _fills_frame(ink: np.ndarray) -> bool:
     return sum(bool(edge.any()) for edge in (inked[0], inked[-1], inked[:, 0], inked[:, -1])) >= 2
 
 
+def _filled_outlines(ink: np.ndarray) -> np.ndarray:
+    """A digit drawn as its outline (a stencil's, an edge tracer's) made solid again. The holes in the ink that
+    are a stroke's inside are filled, if nearly all the ink (HOLLOW_WALL) is their wall. A stroke's inside is
+    long for its depth (area at least HOLLOW_LENGTH x depth squared), and one wall away from the paper outside the
+    digit; a written digit's loops are round, and an outline's loop is a wall, a stroke's inside and a wall
+    away. Measured in the walls' own width, so an outline at any size is filled (docs/robustness.md has the
+    shares that set the two constants). Below SPECK_MIN_SIDE a stroke is a pixel or two wide and has no inside."""
+    if min(ink.shape) < SPECK_MIN_SIDE:
+        return ink
+    inked = ink > CROP_LEVEL * ink.max()
+    solid = ndimage.binary_fill_holes(inked)
+    labels, count = ndimage.label(solid & ~inked)
+    if count == 0:
+        return ink
+    distance = ndimage.distance_transform_edt(inked)
+    ridge = inked & (distance >= ndimage.maximum_filter(distance, 3))
+    wall = max(1, int(np.ceil(2 * np.median(distance[ridge]))))  # the ink's width in pixels
+    holes = range(1, count + 1)
+    depth = np.asarray(ndimage.maximum(ndimage.distance_transform_edt(labels > 0), labels, holes))
+    area = np.asarray(ndimage.sum(labels > 0, labels, holes))
+    square = np.ones((3, 3), bool)
+    beyond_one_wall = ndimage.binary_dilation(~solid, square, iterations=wall + 1)
+    near_outside = np.asarray(ndimage.maximum(beyond_one_wall, labels, holes)) > 0
+    inside = np.isin(labels, 1 + np.nonzero((area >= HOLLOW_LENGTH * depth ** 2) & near_outside)[0])
+    walls = inked & ndimage.binary_dilation(inside, square, iterations=wall)
+    if walls.sum() < HOLLOW_WALL * inked.sum():
+        return ink
+    return np.where(inside, ink.max(), ink)
+
+
 def _digit_box(ink: np.ndarray) -> tuple[int, int, int, int]:
     """[top, bottom) and [left, right) of the ink above BOX_THRESHOLD, less the pieces far lighter than the
     largest (FRAGMENT_SHARE): the dots of a dotted line, noise, the ends of a line across the image, which
@@ -217,6 +250,7 @@ def to_mnist(image: Image.Image) -> np.ndarray:
     # of a third of it took the enlarged ones for paper. One measured in strokes scales with the scan; and a line
     # across the whole of a tight crop is the digit's own bar, not a ruling.
     ink = np.clip(gray - _background(gray, _stroke_width(gray)), 0, None) if _fills_frame(unruled) else unruled
+    ink = _filled_outlines(ink)
     ink *= 255.0 / ink.max()
     top, bottom, left, right = _digit_box(ink)
     crop = ink[top:bottom, left:right]
