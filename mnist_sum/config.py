@@ -111,6 +111,10 @@ class ModelConfig:
     at least one (a batch of 128: 8 groups, at most 8 processes); changing it changes the function trained."""
     channels_last: bool = True
     """Memory layout for the conv trunk; faster with oneDNN on CPU and with tensor cores on GPU."""
+    test_shifts: int = 1
+    """Evaluation only (val, test, evaluate, predict): the digit probabilities are the mean over the image moved by
+    up to this many pixels each way, (2 x test_shifts + 1)^2 views; 0: the image alone. Training is unchanged.
+    Chosen on val (docs/results.md: Test-time shifts)."""
 
     def __post_init__(self) -> None:
         _check(len(self.channels) >= 1 and all(c >= 1 for c in self.channels),
@@ -123,6 +127,8 @@ class ModelConfig:
         _check(self.sum_hidden >= 1, f"model.sum_hidden must be >= 1, got {self.sum_hidden}", "e.g. 128")
         _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}", "e.g. 0.1")
         _check(self.norm_group >= 1, f"model.norm_group must be >= 1, got {self.norm_group}", "e.g. 16")
+        _check(0 <= self.test_shifts <= 3, f"model.test_shifts must be in 0..3, got {self.test_shifts}",
+               "1 averages 9 views; 0 reads the image alone")
 
     @property
     def norm_unit(self) -> int:
@@ -438,6 +444,7 @@ FORMER_DEFAULTS: dict[str, Any] = {
     "model.norm": "ghost",
     "train.ema_decay": 0.0,
     "train.select_z": 0.0,
+    "model.test_shifts": 0,
     "model.norm_group": lambda tree: tree.get("train", {}).get("global_batch_size", TrainConfig.global_batch_size),
 }
 
