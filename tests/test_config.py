@@ -93,6 +93,7 @@ def test_wrong_types_are_named(override, words):
     ("model.norm_group=0", "model.norm_group must be >= 1"),
     ("model.norm=ghost model.norm_group=48", "train.global_batch_size=128 is not a whole number of BatchNorm groups of 48"),
     ("model.norm=batch", "model.norm must be one of 'none', 'ghost', 'layer'"),
+    ("model.test_shifts=4", "model.test_shifts must be in 0..3"),
 ])
 def test_out_of_range_values_are_refused(override, words):
     assert words in _error(override.split())
@@ -125,9 +126,10 @@ def test_a_saved_config_that_predates_a_key_keeps_its_former_meaning(tmp_path):
     # A run's config.yaml and checkpoints list every key the code had; runs saved before the bilinear sum head
     # trained the MLP, so resuming one must rebuild the MLP (a user's YAML without the key gets today's default).
     old = load_config(None).to_dict()
-    del old["model"]["sum_head"]
+    del old["model"]["sum_head"], old["model"]["test_shifts"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
     assert load_config(tmp_path / "config.yaml", saved=True).model.sum_head == "mlp"
+    assert load_config(tmp_path / "config.yaml", saved=True).model.test_shifts == 0  # scored on the image alone
     assert load_config(tmp_path / "config.yaml").model.sum_head == "bilinear"
     assert load_config(tmp_path / "config.yaml", ["model.sum_head=bilinear"], saved=True).model.sum_head == "bilinear"
 
@@ -140,7 +142,7 @@ def test_a_saved_config_that_predates_a_key_keeps_its_former_meaning(tmp_path):
 
     state = LoopState(config=old, config_name="default", world_size=1)
     _check_same_recipe(load_config(None, ["model.sum_head=mlp", "model.norm=ghost", "model.norm_group=256",
-                                          "train.global_batch_size=256"]),
+                                          "model.test_shifts=0", "train.global_batch_size=256"]),
                        state, tmp_path / "step_000010")
     with pytest.raises(UsageError, match=r"model.sum_head: 'mlp' -> 'bilinear'"):
         _check_same_recipe(load_config(None, ["train.global_batch_size=256"]), state, tmp_path / "step_000010")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pytest
 import torch
@@ -20,6 +20,25 @@ def _batch(n=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     return (torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8),
             torch.randint(0, 10, (n,), generator=g), torch.randint(0, 10, (n,), generator=g))
+
+
+def test_evaluation_averages_the_nine_one_pixel_shifts_and_training_reads_the_image_alone():
+    torch.manual_seed(0)
+    cfg = ModelConfig(channels=[8, 16], fc_hidden=32, dropout=0.0)
+    model, single = build_model(cfg), build_model(replace(cfg, test_shifts=0))
+    single.load_state_dict(model.state_dict())
+    images, labels, numbers = _batch(6)  # noise up to the border: a shift that wrapped around would show
+    padded = F.pad(images, (1, 1, 1, 1))
+    views = [padded[:, 1 + dy:29 + dy, 1 + dx:29 + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    model.eval(), single.eval()
+    with torch.no_grad():
+        expected = torch.stack([single.digit_logits(v).softmax(-1) for v in views]).mean(0)
+        digits, sums = model(images, numbers)
+        torch.testing.assert_close(digits.exp(), expected)
+        torch.testing.assert_close(sums, single.sum_logits(expected.log(), numbers))  # the head adds the mean
+        assert not torch.allclose(expected, single.digit_logits(images).softmax(-1))
+    model.train(), single.train()
+    torch.testing.assert_close(model.digit_logits(images), single.digit_logits(images))
 
 
 @pytest.mark.parametrize("channels, convs, fc_hidden", [([8], 2, 0), ([8, 16], 2, 0), ([8, 16, 32], 2, 0),
