@@ -115,7 +115,12 @@ def _stroke_width(x: np.ndarray) -> float:
     measured in strokes, not in image sides, frame an enlarged scan as its small original: its strokes are
     enlarged with it."""
     level = float(np.median(x))
-    inked = x > (level + float(x.max())) / 2
+    return _mask_width(x > (level + float(x.max())) / 2)
+
+
+def _mask_width(inked: np.ndarray) -> float:
+    """The typical width in pixels of the strokes of a boolean mask: twice the median distance to its outside
+    along the strokes' ridges."""
     distance = ndimage.distance_transform_edt(inked)
     ridge = inked & (distance >= ndimage.maximum_filter(distance, 3))
     return 2.0 * float(np.median(distance[ridge])) if ridge.any() else 1.0
@@ -194,18 +199,17 @@ def _filled_outlines(ink: np.ndarray) -> np.ndarray:
         return ink
     inked = ink > CROP_LEVEL * ink.max()
     solid = ndimage.binary_fill_holes(inked)
-    labels, count = ndimage.label(solid & ~inked)
+    holes = solid & ~inked
+    labels, count = ndimage.label(holes)
     if count == 0:
         return ink
-    distance = ndimage.distance_transform_edt(inked)
-    ridge = inked & (distance >= ndimage.maximum_filter(distance, 3))
-    wall = max(1, int(np.ceil(2 * np.median(distance[ridge]))))  # the ink's width in pixels
-    holes = range(1, count + 1)
-    depth = np.asarray(ndimage.maximum(ndimage.distance_transform_edt(labels > 0), labels, holes))
-    area = np.asarray(ndimage.sum(labels > 0, labels, holes))
+    wall = max(1, int(np.ceil(_mask_width(inked))))
+    index = range(1, count + 1)
+    depth = np.asarray(ndimage.maximum(ndimage.distance_transform_edt(holes), labels, index))
+    area = np.asarray(ndimage.sum(holes, labels, index))
     square = np.ones((3, 3), bool)
     beyond_one_wall = ndimage.binary_dilation(~solid, square, iterations=wall + 1)
-    near_outside = np.asarray(ndimage.maximum(beyond_one_wall, labels, holes)) > 0
+    near_outside = np.asarray(ndimage.maximum(beyond_one_wall, labels, index)) > 0
     inside = np.isin(labels, 1 + np.nonzero((area >= HOLLOW_LENGTH * depth ** 2) & near_outside)[0])
     walls = inked & ndimage.binary_dilation(inside, square, iterations=wall)
     if walls.sum() < HOLLOW_WALL * inked.sum():
