@@ -138,12 +138,15 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, help="evaluation batch size (default: the run's train.eval_batch_size)")
     parser.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"],
                         help="default: the run's own (from its results.json), else no")
+    parser.add_argument("--test-shifts", type=int, choices=range(4), metavar="{0,1,2,3}",
+                        help="read each image and its shifts of up to N pixels, probabilities averaged (default: the "
+                        "run's model.test_shifts; 0, one view, is how val chose the run's epoch)")
     args = parser.parse_args(argv)
 
     def evaluate_command() -> None:
         from mnist_sum.inference.evaluate import evaluate_weights, report_table  # after parsing: see the module docstring
 
-        report = evaluate_weights(args.target, args.batch_size, args.mixed_precision, args.split)
+        report = evaluate_weights(args.target, args.batch_size, args.mixed_precision, args.split, args.test_shifts)
         out = Path(args.out) if args.out else default_evaluation_path(report)
         write_json(out, report)
         print(report_table(report))

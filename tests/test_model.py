@@ -22,7 +22,7 @@ def _batch(n=16, seed=0):
             torch.randint(0, 10, (n,), generator=g), torch.randint(0, 10, (n,), generator=g))
 
 
-def test_evaluation_averages_the_nine_one_pixel_shifts_and_training_reads_the_image_alone():
+def test_evaluation_averages_the_nine_one_pixel_shifts_and_training_and_val_read_the_image_alone():
     torch.manual_seed(0)
     cfg = ModelConfig(channels=[8, 16], fc_hidden=32, dropout=0.0)
     model, single = build_model(cfg), build_model(replace(cfg, test_shifts=0))
@@ -37,6 +37,8 @@ def test_evaluation_averages_the_nine_one_pixel_shifts_and_training_reads_the_im
         torch.testing.assert_close(digits.exp(), expected)
         torch.testing.assert_close(sums, single.sum_logits(expected.log(), numbers))  # the head adds the mean
         assert not torch.allclose(expected, single.digit_logits(images).softmax(-1))
+        # Val, which picks the epoch, reads one view (trainer.validate_and_select); test reads the nine.
+        torch.testing.assert_close(model.digit_logits(images, shifts=0), single.digit_logits(images))
     model.train(), single.train()
     torch.testing.assert_close(model.digit_logits(images), single.digit_logits(images))
 

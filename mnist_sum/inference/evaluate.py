@@ -14,9 +14,10 @@ from mnist_sum.train.results import read_results
 
 
 def evaluate_weights(target: str, batch_size: int | None = None, mixed_precision: str | None = None,
-                     split: str = "test") -> dict[str, Any]:
+                     split: str = "test", test_shifts: int | None = None) -> dict[str, Any]:
     """Metrics (fixed pairs and exhaustive) of saved weights on `split`, with the data and pairs of their run, in
-    the run's mixed precision (from its results.json) unless `mixed_precision` says otherwise."""
+    the run's mixed precision (from its results.json) unless `mixed_precision` says otherwise, each image read
+    in the views of the run's `model.test_shifts` unless `test_shifts` says otherwise."""
     saved = open_saved(target)
     model, run_dir = saved.model, saved.run_dir
     # The run's own config decides the data source and the (image, number) pairs; bare weights use the defaults.
@@ -29,9 +30,10 @@ def evaluate_weights(target: str, batch_size: int | None = None, mixed_precision
     batches = EvalBatches(dataset, batch_size or cfg.train.eval_batch_size, accelerator.process_index,
                           accelerator.num_processes)
     model = model.to(accelerator.device)
-    result = metrics(gather_predictions(model, batches, accelerator, exhaustive=True))
+    shifts = model.test_shifts if test_shifts is None else test_shifts
+    result = metrics(gather_predictions(model, batches, accelerator, exhaustive=True, shifts=shifts))
     return {"weights": str(saved.weights), "checkpoint": str(saved.checkpoint) if saved.checkpoint else None,
-            "mixed_precision": accelerator.mixed_precision, "split": split, split: result}
+            "mixed_precision": accelerator.mixed_precision, "test_shifts": shifts, "split": split, split: result}
 
 
 def report_table(report: dict[str, Any]) -> str:
@@ -47,7 +49,8 @@ def report_table(report: dict[str, Any]) -> str:
     ]
     precision = "fp32" if report["mixed_precision"] == "no" else report["mixed_precision"]
     what = "test images" if report["split"] == "test" else "val images (held out of the training set)"
-    lines = [f"{report['weights']} on the {n:,} MNIST {what} ({precision})",
+    views = (2 * report["test_shifts"] + 1) ** 2
+    lines = [f"{report['weights']} on the {n:,} MNIST {what} ({precision}, {views} view{'s' * (views > 1)} each)",
              f"  {'accuracy':<36} {'':>8}  {'right / total':>17}"]
     lines += [f"  {name:<36} {acc:8.2%}  {round(acc * total):>8,} / {total:,}" for name, acc, total in table_rows]
     return "\n".join(lines)

@@ -67,14 +67,16 @@ class SumNet(nn.Module):
         self.channels_last = cfg.channels_last
         self.test_shifts = cfg.test_shifts
 
-    def digit_logits(self, images: torch.Tensor, noise_key: torch.Tensor | None = None) -> torch.Tensor:
-        """uint8 images [B, 28, 28] -> digit logits [B, 10]. In evaluation with `test_shifts`, the log of the digit
-        probabilities averaged over the image's shifted views (fp32): a digit a pixel off the centre the net
-        learned is read by the views that put it back, and the sum head, linear in the probabilities, adds
-        their mean exactly. `noise_key`: each sample's dropout key (training only; see layers.KeyedDropout)."""
-        if self.training or not self.test_shifts:
+    def digit_logits(self, images: torch.Tensor, noise_key: torch.Tensor | None = None,
+                     shifts: int | None = None) -> torch.Tensor:
+        """uint8 images [B, 28, 28] -> digit logits [B, 10]. In evaluation with `shifts` (default `test_shifts`),
+        the log of the digit probabilities averaged over the image's shifted views (fp32): a digit a pixel off the
+        centre the net learned is read by the views that put it back, and the sum head, linear in the
+        probabilities, adds their mean exactly. `noise_key`: each sample's dropout key (training only; see
+        layers.KeyedDropout)."""
+        s = self.test_shifts if shifts is None else shifts
+        if self.training or not s:
             return self._one_view(images, noise_key)
-        s = self.test_shifts
         padded = F.pad(images, (s, s, s, s))
         probs = sum(self._one_view(padded[:, s + dy:s + dy + 28, s + dx:s + dx + 28]).float().softmax(dim=-1)
                     for dy in range(-s, s + 1) for dx in range(-s, s + 1))

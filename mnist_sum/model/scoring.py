@@ -26,18 +26,19 @@ def hits(labels: torch.Tensor, numbers: torch.Tensor, pred_digit: torch.Tensor,
 
 @torch.no_grad()
 def gather_predictions(model: SumNet, batches: EvalBatches, accelerator: Accelerator,
-                       exhaustive: bool = False) -> Predictions:
+                       exhaustive: bool = False, shifts: int | None = None) -> Predictions:
     """The predictions of `model` on every sample of the split, gathered from all processes, in index order.
 
     With `exhaustive`, also `exhaustive_correct`: for how many of the numbers 0..9 the predicted sum of
     (image, number) is right. The trunk runs once per image; only the small sum head runs ten times.
+    `shifts`: the views each image is read in (SumNet.digit_logits; default the model's `test_shifts`).
     """
     was_training = model.training
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {}
     for batch in batches:
         with accelerator.autocast():
-            digit_logits = model.digit_logits(batch["image"])
+            digit_logits = model.digit_logits(batch["image"], shifts=shifts)
             sum_logits = model.sum_logits(digit_logits, batch["number"])
         _, digit_ce, sum_ce = sum_loss(digit_logits, sum_logits, batch["label"], batch["number"], reduction="none")
         columns = {

@@ -183,12 +183,14 @@ class Trainer:
         sum_running_stats(network)
         candidate = average.module_for_eval(network) if average else network
         # Exhaustive too (each val image with every number; the sum head only, ten times): val's own measure of
-        # whether the net adds, which 5,000 (image, number) pairs alone hardly test.
-        preds = gather_predictions(candidate, self.data.val_batches, accelerator, exhaustive=True)
+        # whether the net adds, which 5,000 (image, number) pairs alone hardly test. One view of each image, also
+        # where test reads several (model.test_shifts): the views do not change which epoch is better, and nine
+        # of them every epoch cost about half as many FLOPs again as training (docs/results.md: Test-time shifts).
+        preds = gather_predictions(candidate, self.data.val_batches, accelerator, exhaustive=True, shifts=0)
         val = metrics(preds)
         logged = {f"val/{k}": v for k, v in val.items()}
         if average:  # what averaging buys, on the chart beside it
-            live = metrics(gather_predictions(network, self.data.val_batches, accelerator))
+            live = metrics(gather_predictions(network, self.data.val_batches, accelerator, shifts=0))
             logged |= {f"val_live/{k}": live[k] for k in ("digit_acc", "sum_acc", "joint_acc", "loss")}
         self.tracker.log(logged | {"epoch": state.epoch + 1, "train/elapsed_s": self.clock.train_time()}, state.step)
         self.tracker.log_examples(preds, self.data.val_set.images, "val", self.cfg.wandb.num_examples, state.step)
