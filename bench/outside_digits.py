@@ -6,8 +6,9 @@
   and polarity (on a grey or white or black background), 80x80;
 - handwriting: scikit-learn's digits (UCI optical recognition of handwritten digits: 1,797 digits by 43
   writers, 8x8 pixels, 17 grey levels), passed as the 8x8 images they are;
-- enlarged: the same digits as a low-resolution scan enlarged with smoothing (bilinear, 2x, 3x, 4x or 8x,
-  in turn): a person reads them as the originals, so the framing must too (compare the handwriting row).
+- enlarged: the same digits as a low-resolution scan enlarged 2x, 3x, 4x or 8x, smoothed (bilinear) or in
+  blocks (nearest), in turn: a person reads them as the originals, so the framing must too (compare the
+  handwriting row).
 
 Each set has two parts: "select" (used to choose recipes and predict's preprocessing) and "report" (only
 scored): the fonts alternate between the parts font by font, the strokes and the handwriting image by image.
@@ -101,7 +102,8 @@ ENLARGE = (2, 3, 4, 8)
 
 def enlarged(part: str) -> tuple[list[Image.Image], np.ndarray]:
     images, labels = handwriting(part)
-    return [im.resize((8 * ENLARGE[i % 4], 8 * ENLARGE[i % 4]), Image.Resampling.BILINEAR)
+    resample = (Image.Resampling.BILINEAR, Image.Resampling.NEAREST)
+    return [im.resize((8 * ENLARGE[i % 4], 8 * ENLARGE[i % 4]), resample[i // 4 % 2])
             for i, im in enumerate(images)], labels
 
 

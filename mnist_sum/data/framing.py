@@ -4,6 +4,7 @@ centred as the MNIST images were made).
 Each step is what a person does without thinking, and each was chosen on the "select" part of
 bench/robustness.py (corrupted val images and digits from outside MNIST; never MNIST test; what each choice
 measured: docs/robustness.md, How the framing was chosen):
+0. an image enlarged with smoothing is read at the size it was enlarged from (its size must not decide its answer);
 1. specks are ignored: isolated pixels far off their neighbours are replaced (salt-and-pepper, dust);
 2. the paper is the majority: polarity from the whole image, not its border (a border can be a stripe, fog
    or the digit itself): the paper's level is the median, and the side of it with more far-off mass is ink;
@@ -18,6 +19,8 @@ measured: docs/robustness.md, How the framing was chosen):
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image
@@ -38,6 +41,8 @@ BAND_SHARE = 0.15  # a band of swapped polarity is at least this share of the im
 CROP_LEVEL = 0.3  # ink at this share of the strongest, reaching two edges, makes the image a tight crop
 HOLLOW_LENGTH = 12.0  # a hole in the ink this long for its depth (area / depth^2) can be a stroke's inside
 HOLLOW_WALL = 0.9  # the share of the ink that must be such holes' walls for the digit to be taken as an outline
+ENLARGED_FIT = 0.02  # misfit (RMS, of the image's contrast) under which an image is a smaller one enlarged
+SCAN_SIDES = (6, 64)  # the sides of the small images an image may have been enlarged from (8x8 scans exist)
 MNIST_CENTRE = 14.0  # where MNIST put the centre of mass (it lies in [13.5, 14.5] for every training image)
 
 
@@ -50,6 +55,40 @@ def _gray(image: Image.Image) -> np.ndarray:
         image = image.copy()
         image.thumbnail((ANALYSIS_SIDE, ANALYSIS_SIDE), Image.Resampling.BOX)
     return np.asarray(image, dtype=np.float32)
+
+
+@lru_cache(maxsize=1024)
+def _enlarging(small: int, large: int, resample: Image.Resampling) -> tuple[np.ndarray, np.ndarray]:
+    """The [large, small] matrix of PIL's enlargement along one axis (it is separable), and its pseudo-inverse,
+    which gives the small image that enlarges closest to a large one."""
+    eye = np.eye(small, dtype=np.float32)
+    matrix = np.stack([np.asarray(Image.fromarray(eye[j:j + 1]).resize((large, 1), resample))[0]
+                       for j in range(small)], axis=1).astype(np.float64)
+    return matrix, np.linalg.pinv(matrix)
+
+
+def _unenlarged(x: np.ndarray) -> np.ndarray:
+    """An enlarged image (a low-resolution scan a viewer or a driver scaled up, smoothed or in blocks) as the
+    smaller image it was made from, so that it frames as that image does: at any enlargement the same steps see
+    the same pixels. The smallest size (SCAN_SIDES, at most half the image's) whose bilinear or blockwise
+    enlargement fits the image to ENLARGED_FIT of its contrast; an image with finer detail is kept as it is.
+    Chosen on bench/robustness.py's select part (docs/robustness.md): bilinear and blockwise enlargements, also
+    saved as JPEG, fit to 0.1-1%, bicubic ones to 1-2%; blurred digits, which read better at their own size, fit
+    to 1-2%; the outside digits and the other corruptions read as before."""
+    h, w = x.shape
+    contrast = float(x.max() - x.min())
+    if contrast < MIN_CONTRAST:
+        return x
+    for rows in range(SCAN_SIDES[0], min(SCAN_SIDES[1], h // 2) + 1):
+        cols = round(rows * w / h)
+        if not SCAN_SIDES[0] <= cols <= w // 2:
+            continue
+        for resample in (Image.Resampling.BILINEAR, Image.Resampling.NEAREST):
+            (down, down_pinv), (across, across_pinv) = _enlarging(rows, h, resample), _enlarging(cols, w, resample)
+            small = down_pinv @ x @ across_pinv.T
+            if np.sqrt(np.mean((down @ small @ across.T - x) ** 2)) < ENLARGED_FIT * contrast:
+                return small.clip(0, 255).astype(np.float32)
+    return x
 
 
 def _unswap_bands(x: np.ndarray) -> np.ndarray:
@@ -241,7 +280,7 @@ def _is_framed(ink: np.ndarray, box: tuple[int, int]) -> bool:
 
 def to_mnist(image: Image.Image) -> np.ndarray:
     """Any image -> uint8 [28, 28], white digit on black, MNIST-style framing."""
-    gray = _unswap_bands(_gray(image))
+    gray = _unswap_bands(_unenlarged(_gray(image)))
     if min(gray.shape) >= SPECK_MIN_SIDE:
         gray = _despeckle(gray)
     if _ink_is_dark(gray):
