@@ -1,7 +1,8 @@
 """The quick recipe against a record-style reference net, trained side by side on this machine.
 
     python bench/reference.py                       # 5 seeds each, bf16 (as accelerate_config.yaml runs quick)
-    python bench/reference.py --seeds 0 1 --precision no
+    python bench/reference.py --seeds 0 1 --precision no      # fp32: CPUs without AVX512-BF16
+    python bench/reference.py --keep runs/reference           # quick's runs kept (runs/reference/quick-seedS)
 
 The reference follows the MNIST speed record of github.com/tuomaso/train_mnist_fast (8_Final_00s76.ipynb:
 99.04 +- 0.07% mean test accuracy over 30 seeds after one epoch, 0.76 s on a GTX 1660 Ti): a 5x5 conv of 24
@@ -98,7 +99,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--precision", default="bf16", choices=["no", "bf16"])
+    parser.add_argument("--keep", metavar="DIR", type=Path,
+                        help="keep quick's run folders in DIR/quick-seedS (bench/table.py reads them)")
     args = parser.parse_args()
+    if args.keep and args.keep.exists() and any(args.keep.glob("quick-seed*")):
+        sys.exit(f"reference.py: error: {args.keep} already holds quick-seed* runs; name another folder or remove them")
     set_threads()  # as train.py: this machine's cores
     splits = load_splits(load_config(PROJECT_ROOT / "configs" / "quick.yaml"))
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, "
@@ -109,7 +114,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             ref = reference_run(splits, seed, args.precision)
-            quick = quick_run(seed, args.precision, Path(tmp) / f"quick{seed}")
+            quick = quick_run(seed, args.precision, (args.keep or Path(tmp)) / f"quick-seed{seed}")
             ratios.append(quick["seconds"] / ref["seconds"])
             print(f"| {seed} | {ref['seconds']:.1f} | {ref['digit_acc']:.2%} | {quick['seconds']:.1f} | "
                   f"{quick['digit_acc']:.2%} | {quick['sum_acc']:.2%} | {ratios[-1]:.2f}x |", flush=True)
