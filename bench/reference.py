@@ -34,9 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnist_sum.config import PROJECT_ROOT, load_config
-from mnist_sum.data.dataset import load_splits
-from mnist_sum.distributed.cpu import set_threads
+# This checkout's code, also where another checkout is the one installed: quick runs its train.py and records its commit.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from mnist_sum.config import PROJECT_ROOT, load_config  # noqa: E402
+from mnist_sum.data.dataset import load_splits  # noqa: E402
+from mnist_sum.distributed.cpu import set_threads  # noqa: E402
 
 
 class RecordNet(nn.Module):

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # this checkout's framing, not an installed one's
 from corruptions import CORRUPTIONS, corrupt  # noqa: E402
 from outside_digits import SETS  # noqa: E402
 
