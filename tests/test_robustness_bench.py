@@ -19,3 +19,13 @@ def test_robustness_bench_prints_a_row_per_set_and_the_mean(smoke_run):
         assert re.fullmatch(r"\d+\.\d%", rows[name][-1]), rows.get(name)
     assert rows["clean"][1] == "20" and rows["handwriting"][1] == rows["enlarged"][1] == "898"  # the report half of 1,797
     assert "corruptions" in rows
+
+
+@pytest.mark.parametrize("part", ["select", "report"])
+def test_every_printed_digit_is_drawn(part):
+    # Two of matplotlib's fonts (DejaVu's "Display" ones) have no digits: they drew blank images, scored as misreads.
+    from outside_digits import fonts
+
+    images, labels = fonts(part)
+    assert len(images) == len(labels) >= 400
+    assert all(min(image.getextrema()) < 128 for image in images)  # dark ink on the light paper
