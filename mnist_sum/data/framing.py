@@ -42,6 +42,7 @@ BAND_SHARE = 0.15  # a band of swapped polarity is at least this share of the im
 CROP_LEVEL = 0.3  # ink at this share of the strongest, reaching two edges, makes the image a tight crop
 HOLLOW_LENGTH = 12.0  # a hole in the ink this long for its depth (area / depth^2) can be a stroke's inside
 THREAD_WIDTH = 2  # ink in no THREAD_WIDTH x THREAD_WIDTH square of ink is a thread (MNIST's strokes are 2-4 px wide)
+HOLLOW_LEVELS = (0.3, 0.5, 0.7)  # shares of the strongest ink at which an outline's insides are looked for
 HOLLOW_WALL = 0.9  # the share of the ink that must be such holes' walls for the digit to be taken as an outline
 ENLARGED_FIT = 0.02  # misfit (RMS, of the image's contrast) under which an image is a smaller one enlarged
 SCAN_SIDES = (6, 64)  # the sides of the small images an image may have been enlarged from (8x8 scans exist)
@@ -264,15 +265,25 @@ def _filled_outlines(ink: np.ndarray) -> np.ndarray:
     long for its depth (area at least HOLLOW_LENGTH x depth squared), and one wall away from the paper outside the
     digit; a written digit's loops are round, and an outline's loop is a wall, a stroke's inside and a wall
     away. Measured in the walls' own width, so an outline at any size is filled (docs/robustness.md has the
-    shares that set the two constants). Below SPECK_MIN_SIDE a stroke is a pixel or two wide and has no inside."""
+    shares that set the two constants). The ink is taken at each of HOLLOW_LEVELS of the strongest in turn: an
+    edge detector's output is not zero along a stroke's middle, only lower than at its two edges, and opens
+    there at a higher level. Below SPECK_MIN_SIDE a stroke is a pixel or two wide and has no inside."""
     if min(ink.shape) < SPECK_MIN_SIDE:
         return ink
-    inked = ink > CROP_LEVEL * ink.max()
+    for level in HOLLOW_LEVELS:
+        inside = _outline_inside(ink > level * ink.max())
+        if inside is not None:
+            return np.where(inside, ink.max(), ink)
+    return ink
+
+
+def _outline_inside(inked: np.ndarray) -> np.ndarray | None:
+    """The strokes' insides of a mask drawn as outlines (`_filled_outlines`), or None if it is not one."""
     solid = ndimage.binary_fill_holes(inked)
     holes = solid & ~inked
     labels, count = ndimage.label(holes)
     if count == 0:
-        return ink
+        return None
     wall = max(1, int(np.ceil(_mask_width(inked))))
     index = range(1, count + 1)
     depth = np.asarray(ndimage.maximum(ndimage.distance_transform_edt(holes), labels, index))
@@ -282,9 +293,7 @@ def _filled_outlines(ink: np.ndarray) -> np.ndarray:
     near_outside = np.asarray(ndimage.maximum(beyond_one_wall, labels, index)) > 0
     inside = np.isin(labels, 1 + np.nonzero((area >= HOLLOW_LENGTH * depth ** 2) & near_outside)[0])
     walls = inked & ndimage.binary_dilation(inside, square, iterations=wall)
-    if walls.sum() < HOLLOW_WALL * inked.sum():
-        return ink
-    return np.where(inside, ink.max(), ink)
+    return inside if walls.sum() >= HOLLOW_WALL * inked.sum() else None
 
 
 def _digit_box(ink: np.ndarray) -> tuple[int, int, int, int]:
