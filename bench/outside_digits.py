@@ -36,8 +36,7 @@ def _has_digits(path: Path) -> bool:
 
 # cmmi10 has old-style digits and the symbol fonts have none.
 FONTS = sorted(p for p in (Path(matplotlib.get_data_path()) / "fonts" / "ttf").glob("*.ttf")
-               if (p.stem.startswith(("DejaVu", "cmr", "cmb", "cmss", "cmtt", "cmti", "STIXGeneral")))
-               and _has_digits(p))
+               if p.stem.startswith(("DejaVu", "cmr", "cmb", "cmss", "cmtt", "cmti", "STIXGeneral")) and _has_digits(p))
 
 
 def fonts(part: str) -> tuple[list[Image.Image], np.ndarray]:

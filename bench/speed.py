@@ -26,15 +26,17 @@ from pathlib import Path
 
 import torch
 
-from mnist_sum.config import PROJECT_ROOT, load_config
-from mnist_sum.data.augment import corrupt, warp
-from mnist_sum.data.batches import TrainBatches
-from mnist_sum.data.dataset import load_splits, make_datasets
-from mnist_sum.distributed.accelerator import make_accelerator
-from mnist_sum.model.network import build_model, sum_loss
-from mnist_sum.train.averaging import WeightAverage
-from mnist_sum.train.schedule import make_optimizer
-from mnist_sum.train.step import train_step
+# This checkout's code, also where another checkout is the one installed: the speed measured is this code's.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from mnist_sum.config import PROJECT_ROOT, load_config  # noqa: E402
+from mnist_sum.data.augment import corrupt, warp  # noqa: E402
+from mnist_sum.data.batches import TrainBatches  # noqa: E402
+from mnist_sum.data.dataset import load_splits, make_datasets  # noqa: E402
+from mnist_sum.distributed.accelerator import make_accelerator  # noqa: E402
+from mnist_sum.model.network import build_model, sum_loss  # noqa: E402
+from mnist_sum.train.averaging import WeightAverage  # noqa: E402
+from mnist_sum.train.schedule import make_optimizer  # noqa: E402
+from mnist_sum.train.step import train_step  # noqa: E402
 
 
 def setup(config: str, precision: str):

@@ -248,7 +248,7 @@ def _without_threads(ink: np.ndarray) -> np.ndarray:
     inked = ink > CROP_LEVEL * ink.max()
     strokes = ndimage.binary_opening(inked, np.ones((THREAD_WIDTH, THREAD_WIDTH), bool))
     square = np.ones((3, 3), bool)
-    labels, count = ndimage.label(inked & ~strokes, structure=square)
+    labels, _ = ndimage.label(inked & ~strokes, structure=square)
     edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     threads = np.isin(labels, edge[edge > 0])
     if not threads.any():
