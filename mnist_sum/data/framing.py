@@ -26,6 +26,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from mnist_sum.errors import UsageError
 
@@ -43,6 +45,7 @@ CROP_LEVEL = 0.3  # ink at this share of the strongest, reaching two edges, make
 HOLLOW_LENGTH = 12.0  # a hole in the ink this long for its depth (area / depth^2) can be a stroke's inside
 THREAD_WIDTH = 2  # ink in no THREAD_WIDTH x THREAD_WIDTH square of ink is a thread (MNIST's strokes are 2-4 px wide)
 HOLLOW_LEVELS = (0.3, 0.5, 0.7)  # shares of the strongest ink at which an outline's insides are looked for
+VALLEY_DEPTH = 0.1  # a pixel this share of the strongest ink below two opposite neighbours is a valley in the ink
 HOLLOW_WALL = 0.9  # the share of the ink that must be such holes' walls for the digit to be taken as an outline
 ENLARGED_FIT = 0.02  # misfit (RMS, of the image's contrast) under which an image is a smaller one enlarged
 SCAN_SIDES = (6, 64)  # the sides of the small images an image may have been enlarged from (8x8 scans exist)
@@ -267,21 +270,79 @@ def _filled_outlines(ink: np.ndarray) -> np.ndarray:
     away. Measured in the walls' own width, so an outline at any size is filled (docs/robustness.md has the
     shares that set the two constants). The ink is taken at each of HOLLOW_LEVELS of the strongest in turn: an
     edge detector's output is not zero along a stroke's middle, only lower than at its two edges, and opens
-    there at a higher level. Below SPECK_MIN_SIDE a stroke is a pixel or two wide and has no inside."""
+    there at a higher level, and only in places: where its valley stays above the level, the pixels lower than
+    both their neighbours across it (`_valleys`) still open it. Below SPECK_MIN_SIDE a stroke is a pixel or two
+    wide and has no inside."""
     if min(ink.shape) < SPECK_MIN_SIDE:
         return ink
+    valley = _valleys(ink) > VALLEY_DEPTH * ink.max()
     for level in HOLLOW_LEVELS:
-        inside = _outline_inside(ink > level * ink.max())
+        inside = _outline_inside(_bridges_opened(ink > level * ink.max(), valley))
         if inside is not None:
             return np.where(inside, ink.max(), ink)
     return ink
+
+
+def _valleys(ink: np.ndarray) -> np.ndarray:
+    """How far each pixel lies below both its neighbours on opposite sides (across, down or either diagonal),
+    in the direction where it lies deepest: a valley one pixel wide, as between an edge detector's two lines."""
+    padded = np.pad(ink, 1, mode="edge")
+    h, w = ink.shape
+
+    def beside(dy: int, dx: int) -> np.ndarray:
+        return padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+
+    depth = np.zeros_like(ink)
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
+        depth = np.maximum(depth, np.minimum(beside(dy, dx), beside(-dy, -dx)) - ink)
+    return depth
+
+
+def _narrow(holes: np.ndarray, labels: np.ndarray, count: int) -> np.ndarray:
+    """The pixels of the holes one or two pixels wide (none of their pixels two pixels from a wall)."""
+    depth = np.asarray(ndimage.maximum(ndimage.distance_transform_edt(holes), labels, range(count + 1)))
+    return holes & (depth[labels] < 1.5)
+
+
+def _hole_labels(holes: np.ndarray) -> tuple[np.ndarray, int]:
+    """Holes labelled as `ndimage.label` does, but a hole one or two pixels wide is also joined to another such
+    across a corner: the valley between an edge detector's two lines that runs diagonally is one hole, not a
+    row of single pixels. Wider holes are not (a loop cut by a thread drawn across it stays cut)."""
+    labels, count = ndimage.label(holes)
+    thin = _narrow(holes, labels, count)
+    h, w = holes.shape
+    pairs = [np.stack([labels[holes], labels[holes]])]
+    for dx in (1, -1):
+        here = (slice(0, h - 1), slice(max(0, -dx), w - max(0, dx)))
+        there = (slice(1, h), slice(max(0, dx), w + min(0, dx)))
+        joined = thin[here] & thin[there]
+        pairs.append(np.stack([labels[here][joined], labels[there][joined]]))
+    edges = np.concatenate(pairs, axis=1)
+    graph = coo_matrix((np.ones(edges.shape[1]), (edges[0], edges[1])), shape=(count + 1, count + 1))
+    _, group = connected_components(graph, directed=False)
+    _, group = np.unique(group[1:], return_inverse=True)  # label 0 (not a hole) stays 0
+    merged = np.concatenate([[0], group + 1])
+    return merged[labels], int(merged.max())
+
+
+def _bridges_opened(inked: np.ndarray, valley: np.ndarray) -> np.ndarray:
+    """The mask less the valley pixels that join two or more of its holes one or two pixels wide: the bridges
+    across an edge detector's double line. Wider holes (a written loop, a loop cut by a line) are left as they are,
+    and so are valley pixels beside one hole only (a loop's jagged rim)."""
+    holes = ndimage.binary_fill_holes(inked) & ~inked
+    labels, count = _hole_labels(holes)
+    thin = _narrow(holes, labels, count)
+    joined, pieces = ndimage.label(thin | (valley & inked), structure=np.ones((3, 3)))
+    pairs = np.unique(np.stack([joined[thin], labels[thin]]), axis=1)
+    thin_holes = np.bincount(pairs[0], minlength=pieces + 1)
+    return inked & ~(valley & (thin_holes[joined] >= 2))
 
 
 def _outline_inside(inked: np.ndarray) -> np.ndarray | None:
     """The strokes' insides of a mask drawn as outlines (`_filled_outlines`), or None if it is not one."""
     solid = ndimage.binary_fill_holes(inked)
     holes = solid & ~inked
-    labels, count = ndimage.label(holes)
+    labels, count = _hole_labels(holes)
     if count == 0:
         return None
     wall = max(1, int(np.ceil(_mask_width(inked))))
