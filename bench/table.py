@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 
-from mnist_sum.train.results import read_results
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's reader, not an installed one's
+from mnist_sum.train.results import read_results  # noqa: E402
 
 COLUMNS = ("digit_acc", "sum_acc", "exhaustive_sum_acc", "sum_acc_given_digit")
 
