@@ -229,13 +229,14 @@ def test_an_edge_detectors_valley_is_filled_where_it_runs_diagonally_or_is_bridg
     # Sobel's magnitude, as bench/corruptions.py's edges: the valley between a stroke's two edges is one or two
     # pixels wide, runs diagonally, and rises above every level in places. Taken as it was (a hole's pixels joined
     # only side by side, no valley pixel opened), it broke into pieces too short to be a stroke's inside, and 2 of
-    # these 8 digits had 90% of their strokes' pixels inked after the fill; now 7 do (the 4 keeps 67%).
+    # these 8 digits had 90% of their strokes' pixels inked after the fill. Filled, and what is left of the valley
+    # closed over, 7 have 98% (the 4 keeps 67%; filled without the closing, 4 had 98%).
     inked = []
     for digit in digits:
         magnitude = np.hypot(ndimage.sobel(digit, 0), ndimage.sobel(digit, 1))
         filled = _filled_outlines(magnitude * 255 / magnitude.max())
         inked.append(float((filled[digit > 128] > 0.5 * filled.max()).mean()))
-    assert sum(share >= 0.9 for share in inked) >= 7, inked
+    assert sum(share >= 0.98 for share in inked) >= 7, inked
 
 
 def test_the_loops_of_written_digits_stay_open(mnist):

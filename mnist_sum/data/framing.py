@@ -279,7 +279,11 @@ def _filled_outlines(ink: np.ndarray) -> np.ndarray:
     for level in HOLLOW_LEVELS:
         inside = _outline_inside(_bridges_opened(ink > level * ink.max(), valley))
         if inside is not None:
-            return np.where(inside, ink.max(), ink)
+            filled = np.where(inside, ink.max(), ink)
+            # What is left of the valley where it stays above the level, in pieces too short to be an inside,
+            # closed over (within the outline only: its outer edge stays as drawn).
+            closed = ndimage.grey_closing(filled, footprint=ndimage.generate_binary_structure(2, 1))
+            return np.where(ndimage.binary_fill_holes(filled > level * ink.max()), closed, filled)
     return ink
 
 
