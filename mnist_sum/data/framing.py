@@ -26,8 +26,6 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 from scipy import ndimage
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from mnist_sum.errors import UsageError
 
@@ -302,40 +300,29 @@ def _valleys(ink: np.ndarray) -> np.ndarray:
     return depth
 
 
-def _narrow(holes: np.ndarray, labels: np.ndarray, count: int) -> np.ndarray:
-    """The pixels of the holes one or two pixels wide (none of their pixels two pixels from a wall)."""
+def _thin_holes(holes: np.ndarray) -> tuple[np.ndarray, int]:
+    """The holes one or two pixels wide (none of their pixels two pixels from a wall), labelled with those that
+    meet across a corner as one: the valley between an edge detector's two lines that runs diagonally is one
+    hole, not a row of single pixels."""
+    labels, count = ndimage.label(holes)
     depth = np.asarray(ndimage.maximum(ndimage.distance_transform_edt(holes), labels, range(count + 1)))
-    return holes & (depth[labels] < 1.5)
+    return ndimage.label(holes & (depth[labels] < 1.5), structure=np.ones((3, 3)))
 
 
 def _hole_labels(holes: np.ndarray) -> tuple[np.ndarray, int]:
-    """Holes labelled as `ndimage.label` does, but a hole one or two pixels wide is also joined to another such
-    across a corner: the valley between an edge detector's two lines that runs diagonally is one hole, not a
-    row of single pixels. Wider holes are not (a loop cut by a thread drawn across it stays cut)."""
-    labels, count = ndimage.label(holes)
-    thin = _narrow(holes, labels, count)
-    h, w = holes.shape
-    pairs = [np.stack([labels[holes], labels[holes]])]
-    for dx in (1, -1):
-        here = (slice(0, h - 1), slice(max(0, -dx), w - max(0, dx)))
-        there = (slice(1, h), slice(max(0, dx), w + min(0, dx)))
-        joined = thin[here] & thin[there]
-        pairs.append(np.stack([labels[here][joined], labels[there][joined]]))
-    edges = np.concatenate(pairs, axis=1)
-    graph = coo_matrix((np.ones(edges.shape[1]), (edges[0], edges[1])), shape=(count + 1, count + 1))
-    _, group = connected_components(graph, directed=False)
-    _, group = np.unique(group[1:], return_inverse=True)  # label 0 (not a hole) stays 0
-    merged = np.concatenate([[0], group + 1])
-    return merged[labels], int(merged.max())
+    """Holes labelled as `ndimage.label` does, except that thin ones meeting across a corner are one
+    (`_thin_holes`). Wider holes are not joined so: a loop cut by a thread drawn across it stays cut."""
+    thin, thin_count = _thin_holes(holes)
+    wide, wide_count = ndimage.label(holes & (thin == 0))
+    return np.where(wide > 0, wide + thin_count, thin), thin_count + wide_count
 
 
 def _bridges_opened(inked: np.ndarray, valley: np.ndarray) -> np.ndarray:
     """The mask less the valley pixels that join two or more of its holes one or two pixels wide: the bridges
     across an edge detector's double line. Wider holes (a written loop, a loop cut by a line) are left as they are,
     and so are valley pixels beside one hole only (a loop's jagged rim)."""
-    holes = ndimage.binary_fill_holes(inked) & ~inked
-    labels, count = _hole_labels(holes)
-    thin = _narrow(holes, labels, count)
+    labels, _ = _thin_holes(ndimage.binary_fill_holes(inked) & ~inked)
+    thin = labels > 0
     joined, pieces = ndimage.label(thin | (valley & inked), structure=np.ones((3, 3)))
     pairs = np.unique(np.stack([joined[thin], labels[thin]]), axis=1)
     thin_holes = np.bincount(pairs[0], minlength=pieces + 1)
