@@ -185,7 +185,7 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def predict_command() -> int:
-        from mnist_sum.inference.predict import predict_files  # after parsing: see the module docstring
+        from mnist_sum.inference.predict import answer_line, predict_files  # after parsing: see the module docstring
 
         results = predict_files(args.weights, args.number, args.images)
         if args.json:
@@ -194,8 +194,7 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
             if "error" in r:
                 print(f"mnist-sum: error: {r['error']}", file=sys.stderr)
             elif not args.json:
-                print(f"{r['image']}: digit {r['digit']} ({r['digit_prob']:.1%}), "
-                      f"{r['digit']} + {r['number']} = {r['sum']} ({r['sum_prob']:.1%})")
+                print(answer_line(r))
         # Every file has had its answer above; the exit code tells a script that not all could be read.
         return 2 if any("error" in r for r in results) else 0
 

@@ -67,3 +67,17 @@ def predict_files(weights: str, number: int, paths: list[str]) -> list[dict]:
             results[i] = {"image": paths[i], "number": number, "digit": digit, "digit_prob": round(float(dp[digit]), 6),
                           "sum": total, "sum_prob": round(float(sp[total]), 6)}
     return [results[i] for i in range(len(paths))]
+
+
+def answer_line(result: dict) -> str:
+    """One answer as a line: "digit 7 (93.2%), 7 + 3 = 10 (91.8%)". The sum head reads the digit head's
+    probabilities, and where two digits are nearly tied it can settle on the other one (quick: 2-7 of the 10,000 test
+    images, docs/results.md: The sum head); "9 + 3 = 11" would then print arithmetic the net did not do, so the
+    line says which digit the sum stands for."""
+    digit, number, total = result["digit"], result["number"], result["sum"]
+    head = f"{result['image']}: digit {digit} ({result['digit_prob']:.1%}), "
+    if total == digit + number:
+        return head + f"{digit} + {number} = {total} ({result['sum_prob']:.1%})"
+    read = (f"the sum head read the digit as {total - number}" if 0 <= total - number <= 9
+            else f"no digit plus {number} makes {total}")
+    return head + f"sum {total} ({result['sum_prob']:.1%}) with {number}: {read}"
