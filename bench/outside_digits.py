@@ -2,6 +2,8 @@
 
 - fonts: every digit in each of the fonts matplotlib ships that has digits (DejaVu, STIX, Computer Modern), dark
   ink on light paper at 80x80, a few sizes and small rotations each;
+- hand_fonts: the same for the handwriting faces on PyPI (font-amatic-sc, font-intuitive: Amatic SC bold and
+  regular, tall and condensed; Intuitive, rounded);
 - strokes: each digit drawn as pen strokes from a template, with random slant, proportions, wobble, pen width
   and polarity (on a grey or white or black background), 80x80;
 - handwriting: scikit-learn's digits (UCI optical recognition of handwritten digits: 1,797 digits by 43
@@ -40,8 +42,23 @@ FONTS = sorted(p for p in (Path(matplotlib.get_data_path()) / "fonts" / "ttf").g
 
 
 def fonts(part: str) -> tuple[list[Image.Image], np.ndarray]:
+    return _printed(FONTS, part)
+
+
+def hand_fonts(part: str) -> tuple[list[Image.Image], np.ndarray]:
+    """Handwriting faces from PyPI (Pimoroni's font packages, SIL OFL): Amatic SC, tall and condensed, bold and
+    regular; Intuitive, rounded."""
+    import font_amatic_sc
+    import font_intuitive
+
+    paths = [Path(p) for p in [*font_amatic_sc.font_files.values(), *font_intuitive.font_files.values()]]
+    return _printed(sorted((p for p in paths if _has_digits(p)), key=lambda p: p.name), part)
+
+
+def _printed(paths: list[Path], part: str) -> tuple[list[Image.Image], np.ndarray]:
+    """Every digit of every other font (select: the first, third, ...; report: the others)."""
     images, labels = [], []
-    for f, path in enumerate(FONTS):
+    for f, path in enumerate(paths):
         if f % 2 != (part == "report"):
             continue
         for size in (40, 56):
@@ -117,4 +134,4 @@ def enlarged(part: str) -> tuple[list[Image.Image], np.ndarray]:
             for i, im in enumerate(images)], labels
 
 
-SETS = {"fonts": fonts, "strokes": strokes, "handwriting": handwriting, "enlarged": enlarged}
+SETS = {"fonts": fonts, "hand_fonts": hand_fonts, "strokes": strokes, "handwriting": handwriting, "enlarged": enlarged}

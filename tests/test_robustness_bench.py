@@ -15,7 +15,7 @@ def test_robustness_bench_prints_a_row_per_set_and_the_mean(smoke_run):
     result = run_python(["bench/robustness.py", str(smoke_run[0]), "--count", "20"])
     assert result.returncode == 0, result.stderr[-2000:]
     rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[2:]}
-    for name in ["clean", *CORRUPTIONS, "fonts", "strokes", "handwriting", "enlarged"]:
+    for name in ["clean", *CORRUPTIONS, "fonts", "hand_fonts", "strokes", "handwriting", "enlarged"]:
         assert re.fullmatch(r"\d+\.\d%", rows[name][-1]), rows.get(name)
     assert rows["clean"][1] == "20" and rows["handwriting"][1] == rows["enlarged"][1] == "898"  # the report half of 1,797
     assert "corruptions" in rows
@@ -24,8 +24,9 @@ def test_robustness_bench_prints_a_row_per_set_and_the_mean(smoke_run):
 @pytest.mark.parametrize("part", ["select", "report"])
 def test_every_printed_digit_is_drawn(part):
     # Two of matplotlib's fonts (DejaVu's "Display" ones) have no digits: they drew blank images, scored as misreads.
-    from outside_digits import fonts
+    from outside_digits import fonts, hand_fonts
 
-    images, labels = fonts(part)
-    assert len(images) == len(labels) >= 400
-    assert all(min(image.getextrema()) < 128 for image in images)  # dark ink on the light paper
+    for images, labels in (fonts(part), hand_fonts(part)):
+        assert len(images) == len(labels) >= 40
+        assert all(min(image.getextrema()) < 128 for image in images)  # dark ink on the light paper
+    assert len(fonts(part)[0]) >= 400
