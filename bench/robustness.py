@@ -4,7 +4,7 @@
     python bench/robustness.py RUN --part select                              # the part recipes are chosen on
     python bench/robustness.py RUN --show sheet.png                           # also: a sheet of examples
 
-Every image goes through what `mnist-sum-predict` does (`mnist_sum.data.framing.to_mnist`, then the net in fp32),
+Every image goes through what `mnist-sum-predict` does (`mnist_sum.data.framing.mnist_views`, then the net in fp32),
 and the table gives, per set, the share of digits read right. The corruptions (bench/corruptions.py) are
 made from MNIST images: the `report` part from the first --count test images, the `select` part from the
 run's val images (held out of training), with other draws. The outside sets (bench/outside_digits.py) have
@@ -28,8 +28,9 @@ from outside_digits import SETS  # noqa: E402
 
 from mnist_sum.config import load_config  # noqa: E402
 from mnist_sum.data.dataset import load_splits  # noqa: E402
-from mnist_sum.data.framing import to_mnist  # noqa: E402
+from mnist_sum.data.framing import mnist_views  # noqa: E402
 from mnist_sum.errors import UsageError  # noqa: E402
+from mnist_sum.inference.predict import read_surest  # noqa: E402
 from mnist_sum.inference.saved import open_saved  # noqa: E402
 
 
@@ -51,24 +52,25 @@ def framed_sets(part: str, count: int) -> dict[str, tuple[np.ndarray, np.ndarray
     return {name: framed(ims, np.asarray(lab)) for name, (ims, lab) in sets.items()}
 
 
-def framed(images: list[Image.Image], labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The frames predict makes; an image predict refuses gets a black frame and the label -1 (counts as wrong)."""
-    frames, labels = np.zeros((len(images), 28, 28), np.uint8), labels.copy()
+def framed(images: list[Image.Image], labels: np.ndarray) -> tuple[list[list[np.ndarray]], np.ndarray]:
+    """The frames predict makes, one list of views per image; an image predict refuses gets a black frame and the
+    label -1 (counts as wrong)."""
+    views, labels = [], labels.copy()
     for i, image in enumerate(images):
         try:
-            frames[i] = to_mnist(image)
+            views.append(mnist_views(image))
         except UsageError:
+            views.append([np.zeros((28, 28), np.uint8)])
             labels[i] = -1
-    return frames, labels
+    return views, labels
 
 
-def digit_accuracy(target: str, sets: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+def digit_accuracy(target: str, sets: dict[str, tuple[list[list[np.ndarray]], np.ndarray]]) -> dict[str, float]:
     model = open_saved(target).model
     accuracy = {}
     with torch.no_grad():
-        for name, (images, labels) in sets.items():
-            numbers = torch.zeros(len(images), dtype=torch.long)  # the digit head does not see the number
-            digit_logits, _ = model(torch.from_numpy(images), numbers)
+        for name, (views, labels) in sets.items():
+            digit_logits, _ = read_surest(model, views, 0)  # the digit head does not see the number
             accuracy[name] = float((digit_logits.argmax(-1).numpy() == labels).mean())
     return accuracy
 
@@ -86,7 +88,7 @@ def table(runs: list[str], results: list[dict[str, float]], sets: dict) -> str:
 
 def show(sets: dict, path: str) -> None:
     """Eight framed examples of each set, one row per set, as the net sees them."""
-    rows = [np.concatenate(list(images[:8]), axis=1) for images, _ in sets.values()]
+    rows = [np.concatenate([image_views[0] for image_views in views[:8]], axis=1) for views, _ in sets.values()]
     sheet = np.concatenate(rows, axis=0)
     Image.fromarray(sheet).resize((sheet.shape[1] * 3, sheet.shape[0] * 3), Image.Resampling.NEAREST).save(path)
 

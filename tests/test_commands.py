@@ -10,7 +10,9 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
 from conftest import ROOT, child_env, launch, run_python, run_script
 from PIL import Image, ImageOps
 
@@ -201,6 +203,36 @@ def test_predict_prints_no_sum_the_net_did_not_add(smoke_run, mnist, tmp_path, c
     percent = r"\(\d+\.\d%\)"
     assert re.fullmatch(rf"{re.escape(str(path))}: digit {digit} {percent}, sum {total} {percent} with {number}: "
                         + re.escape(read), line), line
+
+
+def test_predict_keeps_the_view_the_net_is_surer_of(trained_run, tmp_path, capsys):
+    """A condensed digit is read as framed and widened (framing.mnist_views); predict answers from the view whose
+    digit the net reads most surely, sum included."""
+    import font_amatic_sc
+    from PIL import ImageDraw, ImageFont
+
+    from mnist_sum.data.framing import mnist_views
+    from mnist_sum.inference.saved import open_saved
+
+    font = ImageFont.truetype(font_amatic_sc.font_files["AmaticSCBold"], 56)
+    paths = []
+    for digit in range(10):
+        canvas = Image.new("L", (80, 80), 255)
+        ImageDraw.Draw(canvas).text((40, 40), str(digit), fill=0, font=font, anchor="mm")
+        paths.append(tmp_path / f"{digit}.png")
+        canvas.save(paths[-1])
+    assert predict_main(["--weights", str(trained_run), "--number", "2", "--json", *map(str, paths)]) == 0
+    answers = json.loads(capsys.readouterr().out)
+    model, two_views = open_saved(str(trained_run)).model, 0
+    for path, answer in zip(paths, answers):
+        views = mnist_views(Image.open(path))
+        two_views += len(views) == 2
+        with torch.no_grad():
+            probs = model(torch.from_numpy(np.stack(views)), torch.full((len(views),), 2))[0].float().softmax(-1)
+        surest = int(probs.amax(-1).argmax())
+        assert answer["digit"] == int(probs[surest].argmax()), (path, answer, probs)
+        assert answer["digit_prob"] == pytest.approx(float(probs[surest].max()), abs=1e-5)
+    assert two_views >= 5, f"only {two_views} of 10 Amatic SC digits were read widened too"
 
 
 @pytest.mark.parametrize("number, words", [("10", "10 is outside 0..9"), ("-1", "-1 is outside 0..9"),

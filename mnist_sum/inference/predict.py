@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from mnist_sum.data.framing import to_mnist
+from mnist_sum.data.framing import mnist_views
 from mnist_sum.errors import UsageError
 from mnist_sum.inference.saved import open_saved
 
@@ -38,11 +38,11 @@ def open_image(path: Path) -> Image.Image:
     return image
 
 
-def frame_file(path: str) -> np.ndarray:
-    """One image file -> its 28x28 MNIST frame; a UsageError naming the file if it has none."""
+def frame_file(path: str) -> list[np.ndarray]:
+    """One image file -> its 28x28 MNIST frames (mnist_views); a UsageError naming the file if it has none."""
     image = open_image(Path(path))  # its errors name the file
     try:
-        return to_mnist(image)
+        return mnist_views(image)
     except UsageError as err:  # the framing's do not know it
         raise UsageError(f"{path}: {err.what}", err.fix) from None
 
@@ -58,15 +58,25 @@ def predict_files(weights: str, number: int, paths: list[str]) -> list[dict]:
         except UsageError as err:
             results[i] = {"image": path, "error": err.line().removeprefix("mnist-sum: error: ")}
     if frames:
-        images = torch.from_numpy(np.stack(list(frames.values())))
         with torch.no_grad():
-            logits = model(images, torch.full((len(frames),), number, dtype=torch.long))
+            logits = read_surest(model, list(frames.values()), number)
         digit_probs, sum_probs = (x.float().softmax(-1) for x in logits)
         for i, dp, sp in zip(frames, digit_probs, sum_probs):
             digit, total = int(dp.argmax()), int(sp.argmax())
             results[i] = {"image": paths[i], "number": number, "digit": digit, "digit_prob": round(float(dp[digit]), 6),
                           "sum": total, "sum_prob": round(float(sp[total]), 6)}
     return [results[i] for i in range(len(paths))]
+
+
+def read_surest(model: torch.nn.Module, views: list[list[np.ndarray]], number: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's (digit logits, sum logits) from the view of it whose digit the net reads most surely (most
+    images have one view: framing.mnist_views)."""
+    frames = [frame for image_views in views for frame in image_views]
+    digit_logits, sum_logits = model(torch.from_numpy(np.stack(frames)), torch.full((len(frames),), number))
+    sure = digit_logits.float().softmax(-1).amax(-1).tolist()
+    starts = np.cumsum([0] + [len(image_views) for image_views in views])
+    rows = [max(range(a, b), key=sure.__getitem__) for a, b in zip(starts[:-1], starts[1:])]
+    return digit_logits[rows], sum_logits[rows]
 
 
 def answer_line(result: dict) -> str:
