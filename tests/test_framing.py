@@ -3,6 +3,8 @@ dark on light, with stripes at the border, with specks, shifted or small. Each f
 digit MNIST has (the same pixels up to resampling), not a guess from the border."""
 
 import io
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,8 @@ from scipy import ndimage
 
 from mnist_sum.data.framing import _filled_outlines, _without_threads, mnist_views, to_mnist
 from mnist_sum.errors import UsageError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))  # bench/outside_digits.py's fonts
 
 INDICES = [0, 1, 2, 3, 4, 7, 11, 18]  # a 7, 2, 1, 0, 4, 9, 6, 3 of the MNIST test split
 
@@ -245,21 +249,6 @@ def test_the_loops_of_written_digits_stay_open(mnist):
         assert np.array_equal(_filled_outlines(x), x)
 
 
-def _amatic_digits() -> list[tuple[int, Image.Image]]:
-    """Every digit of Amatic SC, bold and regular (a tall, condensed handwriting face; dev extras), dark on white."""
-    import font_amatic_sc
-    from PIL import ImageFont
-
-    digits = []
-    for path in font_amatic_sc.font_files.values():
-        font = ImageFont.truetype(path, 56)
-        for digit in range(10):
-            canvas = Image.new("L", (80, 80), 255)
-            ImageDraw.Draw(canvas).text((40, 40), str(digit), fill=0, font=font, anchor="mm")
-            digits.append((digit, canvas))
-    return digits
-
-
 def _box_aspect(frame: np.ndarray) -> float:
     rows, cols = np.nonzero(frame > 0.1 * frame.max())
     return (np.ptp(cols) + 1) / (np.ptp(rows) + 1)
@@ -269,7 +258,9 @@ def test_a_condensed_face_is_also_read_widened(mnist):
     """Amatic SC fitted into 20x20 by its height is 4-6 px wide; predict also reads it widened (and keeps the view
     the net is surer of). MNIST's own digits, reframed, almost never get the second view: a slanted 1 can be as
     narrow and as many strokes wide (98 of the 55,000 training digits)."""
-    views = [mnist_views(image) for _, image in _amatic_digits()]
+    from outside_digits import hand_fonts  # the benchmark's own drawing of the face
+
+    views = [mnist_views(image) for image in hand_fonts("report")[0]]  # Amatic SC regular, 40 images
     widened = [v for v in views if len(v) == 2]
     assert len(widened) >= len(views) // 2, f"{len(widened)} of {len(views)} Amatic SC digits also read widened"
     for first, second in widened:

@@ -51,17 +51,17 @@ def predict_files(weights: str, number: int, paths: list[str]) -> list[dict]:
     """For each image file, in order: its digit and sum (each with its probability), `number` added; or, for a
     file that cannot be read or holds no digit, {"image": path, "error": the one-line reason}."""
     model = open_saved(weights).model
-    frames, results = {}, {}
+    views, results = {}, {}
     for i, path in enumerate(paths):
         try:
-            frames[i] = frame_file(path)
+            views[i] = frame_file(path)
         except UsageError as err:
             results[i] = {"image": path, "error": err.line().removeprefix("mnist-sum: error: ")}
-    if frames:
+    if views:
         with torch.no_grad():
-            logits = read_surest(model, list(frames.values()), number)
+            logits = read_surest(model, list(views.values()), number)
         digit_probs, sum_probs = (x.float().softmax(-1) for x in logits)
-        for i, dp, sp in zip(frames, digit_probs, sum_probs):
+        for i, dp, sp in zip(views, digit_probs, sum_probs):
             digit, total = int(dp.argmax()), int(sp.argmax())
             results[i] = {"image": paths[i], "number": number, "digit": digit, "digit_prob": round(float(dp[digit]), 6),
                           "sum": total, "sum_prob": round(float(sp[total]), 6)}
