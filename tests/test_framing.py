@@ -11,7 +11,8 @@ import pytest
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from mnist_sum.data.framing import _filled_outlines, _without_threads, mnist_views, to_mnist
+from mnist_sum.data.framing import _without_threads, mnist_views, to_mnist
+from mnist_sum.data.outlines import filled_outlines
 from mnist_sum.errors import UsageError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))  # bench/outside_digits.py's fonts
@@ -238,7 +239,7 @@ def test_an_edge_detectors_valley_is_filled_where_it_runs_diagonally_or_is_bridg
     inked = []
     for digit in digits:
         magnitude = np.hypot(ndimage.sobel(digit, 0), ndimage.sobel(digit, 1))
-        filled = _filled_outlines(magnitude * 255 / magnitude.max())
+        filled = filled_outlines(magnitude * 255 / magnitude.max())
         inked.append(float((filled[digit > 128] > 0.5 * filled.max()).mean()))
     assert sum(share >= 0.98 for share in inked) >= 7, inked
 
@@ -246,7 +247,7 @@ def test_an_edge_detectors_valley_is_filled_where_it_runs_diagonally_or_is_bridg
 def test_the_loops_of_written_digits_stay_open(mnist):
     # Only an outline is filled: on 2,000 MNIST test digits (thin ones with small loops among them) nothing is.
     for x in mnist["test"][0][:2000].numpy().astype(np.float32):
-        assert np.array_equal(_filled_outlines(x), x)
+        assert np.array_equal(filled_outlines(x), x)
 
 
 def _box_aspect(frame: np.ndarray) -> float:
