@@ -18,8 +18,8 @@ the outline fill of step 5 in mnist_sum/data/outlines.py):
    outline is filled: a hollow stroke is still the stroke;
 6. the ink's box, less light pieces apart from the digit (dots, noise), is scaled to fit 20x20 and its centre
    of mass put in the middle of 28x28, also for 28x28 images (a shifted or shrunken digit is framed again;
-   one already framed as MNIST is kept); a narrow digit many strokes wide is also framed widened (a condensed
-   face), and the net's surer reading of the two is kept.
+   one already framed as MNIST is kept; a crop enlarged by half again or more is sharpened); a narrow digit
+   many strokes wide is also framed widened (a condensed face), and the net's surer reading of the two is kept.
 """
 
 from __future__ import annotations
@@ -51,6 +51,9 @@ THREAD_WIDTH = 2  # ink in no THREAD_WIDTH x THREAD_WIDTH square of ink is a thr
 NARROW_ASPECT = 0.4  # a digit's box narrower than this share of its height, and ...
 NARROW_STROKES = 3.5  # ... at least this many of its strokes wide, may be a condensed face: also read widened ...
 WIDENED_ASPECT = 0.5  # ... to this share of its height
+SHARPEN_FROM = 1.5  # a crop enlarged by this much or more into the frame is sharpened ...
+SHARPEN_SIGMA = 1.0  # ... by an unsharp mask of this radius (pixels of the frame) ...
+SHARPEN_AMOUNT = 1.0  # ... and this strength
 MNIST_CENTRE = 14.0  # where MNIST put the centre of mass (it lies in [13.5, 14.5] for every training image)
 
 
@@ -200,8 +203,19 @@ def _framed(crop: np.ndarray) -> np.ndarray:
     scale = 20.0 / max(crop.shape)
     size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
     small = np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.LANCZOS), dtype=np.float32).clip(0, 255)
+    if scale >= SHARPEN_FROM:
+        small = _sharpened(small)
     frame = np.zeros((28, 28), dtype=np.float32)
     top, left = (28 - size[1]) // 2, (28 - size[0]) // 2
     frame[top:top + size[1], left:left + size[0]] = small
     dy, dx = (round(MNIST_CENTRE - c) for c in ndimage.center_of_mass(frame))
     return np.roll(frame, (dy, dx), axis=(0, 1)).round().astype(np.uint8)
+
+
+def _sharpened(small: np.ndarray) -> np.ndarray:
+    """An unsharp mask. A crop enlarged into the frame by half again or more (an 8x8 scan; a blurred image, read
+    at the smaller size it fits, `unenlarged`) has soft edges where MNIST's digits, made by reducing sharp
+    scans, have steep ones. Chosen on bench/robustness.py's select part (docs/robustness.md): sharper enlargements
+    read better (Lanczos over bicubic over bilinear), and so did these frames; below SHARPEN_FROM a crop barely
+    enlarged (stripes, a shifted or turned digit) lost a little."""
+    return (small + SHARPEN_AMOUNT * (small - ndimage.gaussian_filter(small, SHARPEN_SIGMA))).clip(0, 255)
