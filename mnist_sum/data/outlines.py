@@ -12,6 +12,7 @@ HOLLOW_LENGTH = 12.0  # a hole in the ink this long for its depth (area / depth^
 HOLLOW_LEVELS = (0.3, 0.5, 0.7)  # shares of the strongest ink at which an outline's insides are looked for
 VALLEY_DEPTH = 0.1  # a pixel this share of the strongest ink below two opposite neighbours is a valley in the ink
 HOLLOW_WALL = 0.9  # the share of the ink that must be such holes' walls for the digit to be taken as an outline
+WALL_SHARE = 0.15  # an outline's walls are at most this share of its box's longer side wide (thin lines)
 
 
 def filled_outlines(ink: np.ndarray) -> np.ndarray:
@@ -84,13 +85,21 @@ def _bridges_opened(inked: np.ndarray, valley: np.ndarray) -> np.ndarray:
 
 
 def _outline_inside(inked: np.ndarray) -> np.ndarray | None:
-    """The strokes' insides of a mask drawn as outlines (`filled_outlines`), or None if it is not one."""
+    """The strokes' insides of a mask drawn as outlines (`filled_outlines`), or None if it is not one. Its walls
+    are thin lines (WALL_SHARE): an edge tracer's or a stencil's are at most 0.13 of the digit's box (select part),
+    where a bold face's 0, whose narrow counter is as long for its depth as a stroke's inside, has walls 0.18-0.23
+    of it and was filled into a blob (a bold italic one, its walls thinner at the higher levels, 0.13-0.15, still
+    is: docs/robustness.md)."""
+    rows, cols = np.nonzero(inked)
+    width = mask_width(inked)
+    if width > WALL_SHARE * max(np.ptp(rows) + 1, np.ptp(cols) + 1):
+        return None
     solid = ndimage.binary_fill_holes(inked)
     holes = solid & ~inked
     labels, count = _hole_labels(holes)
     if count == 0:
         return None
-    wall = max(1, int(np.ceil(mask_width(inked))))
+    wall = max(1, int(np.ceil(width)))
     index = range(1, count + 1)
     depth = np.asarray(ndimage.maximum(ndimage.distance_transform_edt(holes), labels, index))
     area = np.asarray(ndimage.sum(holes, labels, index))
