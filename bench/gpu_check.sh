@@ -7,7 +7,7 @@
 #      judged by its results.json: device cuda, the precision asked for, quick >= 99% and default >= 99.6% on
 #      both heads, fp16 within 0.2% of bf16.
 #   3. the sync-free step: 100 steps between log steps with no host read under
-#      torch.cuda.set_sync_debug_mode("error") (tests/host_reads_check.py), in bf16, and in fp16 with warps on.
+#      torch.cuda.set_sync_debug_mode("error") (tests/host_reads_check.py), in bf16 and in fp16 (its grad scaler).
 #   4. kill -9 mid-epoch and --resume auto with train.deterministic=true: model.safetensors byte-identical (every
 #      checkpoint kept, so the kill's moment cannot be pruned away); on a mismatch, the first logged step whose
 #      train loss differs.
@@ -146,7 +146,7 @@ sync_free() {  # sync_free NAME PRECISION [ARGS...]
 [ $cpu -eq 1 ] && { say "SKIPPED sync-debug mode (CUDA's): the sync-free checks count host reads and collectives only"
                     skipped+=(sync-debug); }
 check sync-free-bf16 90 sync_free sync-free-bf16 $bf16
-check sync-free-$half-warps 90 sync_free sync-free-$half-warps $half augment.enabled=true
+check sync-free-$half 90 sync_free sync-free-$half $half
 
 kill_and_resume() {
   local args=(--config configs/quick.yaml train.deterministic=true checkpoint.every_steps=50 checkpoint.keep_last=100

@@ -89,7 +89,7 @@ def test_the_cpu_rehearsal_passes_every_stage_and_returns_three_files(tmp_path):
     assert lines[-1].startswith(f"gpu_check: 9 passed, 0 failed, {skipped}"), lines[-1]
     summary = (tmp_path / "summary.txt").read_text()
     assert "earlier run" not in summary and summary.strip().splitlines()[-1] == lines[-1]
-    for check in ("quick-bf16", "default-bf16", "quick-no", "sync-free-bf16", "sync-free-no-warps",
+    for check in ("quick-bf16", "default-bf16", "quick-no", "sync-free-bf16", "sync-free-no",
                   "kill-and-resume", "gloo-2", "gloo-restart", "quick-bf16-compiled"):
         assert any(line.startswith(f"ok      {check} (") for line in summary.splitlines()), check
     assert "byte-identical" in summary and "steps 150, host reads seen 0" in summary
