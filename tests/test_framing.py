@@ -169,7 +169,7 @@ def _mid_grey_share(frames: list[np.ndarray]) -> float:
     return float(np.median(((f > 0.25) & (f < 0.75)).sum((1, 2)) / (f > 0.1).sum((1, 2))))
 
 
-def test_a_small_scan_is_framed_with_edges_as_steep_as_mnist_s_nearly(mnist):
+def test_a_small_scan_is_framed_with_edges_nearly_as_steep_as_mnist(mnist):
     # An 8x8 scan enlarged into the frame has soft edges; MNIST's digits, reduced from sharp scans, have steep ones,
     # and the nets read the 8x8 scans better sharpened (docs/robustness.md). Median share of the ink that is
     # mid-grey: MNIST 0.30, these scans framed 0.40, 0.45 unsharpened.

@@ -90,14 +90,14 @@ def _outline_inside(inked: np.ndarray) -> np.ndarray | None:
     where a bold face's 0, whose narrow counter is as long for its depth as a stroke's inside, has walls 0.18-0.23
     of it and was filled into a blob (a bold italic one, its walls thinner at the higher levels, 0.13-0.15, still
     is: docs/robustness.md)."""
-    rows, cols = np.nonzero(inked)
-    width = mask_width(inked)
-    if width > WALL_SHARE * max(np.ptp(rows) + 1, np.ptp(cols) + 1):
-        return None
     solid = ndimage.binary_fill_holes(inked)
     holes = solid & ~inked
     labels, count = _hole_labels(holes)
     if count == 0:
+        return None
+    rows, cols = np.nonzero(inked)
+    width = mask_width(inked)
+    if width > WALL_SHARE * max(np.ptp(rows) + 1, np.ptp(cols) + 1):
         return None
     wall = max(1, int(np.ceil(width)))
     index = range(1, count + 1)
