@@ -42,7 +42,7 @@ FONTS = sorted(p for p in (Path(matplotlib.get_data_path()) / "fonts" / "ttf").g
 
 
 def fonts(part: str) -> tuple[list[Image.Image], np.ndarray]:
-    return _printed(FONTS, part)
+    return printed(FONTS, part)
 
 
 def hand_fonts(part: str) -> tuple[list[Image.Image], np.ndarray]:
@@ -52,10 +52,10 @@ def hand_fonts(part: str) -> tuple[list[Image.Image], np.ndarray]:
     import font_intuitive
 
     paths = [Path(p) for p in [*font_amatic_sc.font_files.values(), *font_intuitive.font_files.values()]]
-    return _printed(sorted((p for p in paths if _has_digits(p)), key=lambda p: p.name), part)
+    return printed(sorted((p for p in paths if _has_digits(p)), key=lambda p: p.name), part)
 
 
-def _printed(paths: list[Path], part: str) -> tuple[list[Image.Image], np.ndarray]:
+def printed(paths: list[Path], part: str) -> tuple[list[Image.Image], np.ndarray]:
     """Every digit of every other font (select: the first, third, ...; report: the others)."""
     images, labels = [], []
     for f, path in enumerate(paths):

@@ -277,9 +277,9 @@ def test_a_bold_zero_keeps_its_counter():
     # A bold face's 0 has a narrow counter, as long for its depth as an outlined stroke's inside; its walls are
     # thick (0.18-0.23 of its box; an outline's at most 0.13), so it is not an outline, and filled it became a
     # blob (quick read some as 8s). Computer Modern bold, as bench/outside_digits.py draws it: both sizes, both tilts.
-    from outside_digits import FONTS, _printed
+    from outside_digits import FONTS, printed
 
-    zeros = [image for image, digit in zip(*_printed([p for p in FONTS if p.stem == "cmb10"], "select")) if digit == 0]
+    zeros = [image for image, digit in zip(*printed([p for p in FONTS if p.stem == "cmb10"], "select")) if digit == 0]
     for image in zeros:
         inked = to_mnist(image) > 64
         assert (ndimage.binary_fill_holes(inked) & ~inked).sum() >= 20  # the counter: 51-60 px
