@@ -1,4 +1,5 @@
-"""Seventeen corruptions of the kind cameras, scanners and people add to a digit, for bench/robustness.py.
+"""Seventeen corruptions of the kind cameras, scanners and people add to a digit, for bench/robustness.py, and
+digits in a box or a ring drawn round them (`boxed`: a form's cells, a circled digit).
 
 Each takes one MNIST image (float [28, 28] in 0..1, light digit on black) and a numpy Generator and returns
 the corrupted image (float, 0..1). The strengths are ones a person still reads easily (bench/robustness.py
@@ -178,3 +179,26 @@ def corrupt(images: np.ndarray, kind: str, seed: int) -> np.ndarray:
         rng = np.random.default_rng([seed, kind_id, i])
         out[i] = np.clip(CORRUPTIONS[kind](image.astype(np.float32) / 255, rng) * 255, 0, 255).round()
     return out
+
+
+def in_a_box(x: np.ndarray, rng: np.random.Generator, side: int = 64) -> Image.Image:
+    """uint8 [28, 28] MNIST digit -> a side x side image, dark ink on white: the digit enlarged to 40 px and moved
+    up to 3 px, in a box (two thirds: 2-10 px in from the edges, as a form's cell is cropped) or a ring (0-3 px in,
+    as a person circles a digit), drawn 1-3 px wide apart from it."""
+    ink = Image.new("L", (side, side), 0)
+    dy, dx = rng.integers(-3, 4, 2)
+    ink.paste(Image.fromarray(x).resize((40, 40), Image.Resampling.BILINEAR), (12 + int(dx), 12 + int(dy)))
+    width = int(rng.integers(1, 4))
+    frame = Image.new("L", (side, side), 0)
+    if rng.random() < 2 / 3:
+        inset = int(rng.integers(2, 11))
+        ImageDraw.Draw(frame).rectangle((inset, inset, side - 1 - inset, side - 1 - inset), outline=255, width=width)
+    else:
+        inset = int(rng.integers(0, 4))
+        ImageDraw.Draw(frame).ellipse((inset, inset, side - 1 - inset, side - 1 - inset), outline=255, width=width)
+    return Image.fromarray(255 - np.maximum(np.asarray(ink), np.asarray(frame)))
+
+
+def boxed(images: np.ndarray, seed: int) -> list[Image.Image]:
+    """uint8 [N, 28, 28] -> each digit in a box or a ring (`in_a_box`), with draws from (seed, i)."""
+    return [in_a_box(x, np.random.default_rng([seed, len(CORRUPTIONS), i])) for i, x in enumerate(images)]

@@ -141,6 +141,41 @@ def test_dots_apart_from_the_digit_do_not_widen_its_box(digits):
     assert sum(a > 0.9 for a in alike) >= 6, alike
 
 
+def _in_a_box(digit: np.ndarray, shape: str = "", inset: int = 0, width: int = 0) -> np.ndarray:
+    """The digit enlarged to 40 px, dark on white, in the middle of 64 x 64; a box or a ring drawn round it."""
+    ink = Image.new("L", (64, 64), 0)
+    ink.paste(Image.fromarray(digit.astype(np.uint8)).resize((40, 40), Image.Resampling.BILINEAR), (12, 12))
+    line = Image.new("L", (64, 64), 0)
+    if shape:
+        draw = ImageDraw.Draw(line).rectangle if shape == "box" else ImageDraw.Draw(line).ellipse
+        draw((inset, inset, 63 - inset, 63 - inset), outline=255, width=width)
+    return 255.0 - np.maximum(np.asarray(ink, np.float32), np.asarray(line, np.float32))
+
+
+@pytest.mark.parametrize("shape, inset, width", [("box", 6, 1), ("box", 8, 2), ("ring", 0, 2)])
+def test_a_box_or_ring_round_the_digit_is_not_part_of_it(digits, shape, inset, width):
+    # A form's cell or a circled digit: the box widened the digit's box to its own, and the space between them
+    # was filled as an outline's inside (framed before, these were 0.26-0.75 alike with the digit alone). A box
+    # drawn tight, a stroke's width from the digit or touching it, is still kept (docs/robustness.md).
+    for digit in digits:
+        assert _match(_frame(_in_a_box(digit, shape, inset, width)), _frame(_in_a_box(digit))) > 0.9
+
+
+def test_a_zero_with_a_dot_in_it_keeps_its_ring():
+    # A dotted zero (DejaVu Sans Mono's, and a rounder one drawn here): its ring encloses the dot, but the dot is
+    # not a digit in a box.
+    from outside_digits import FONTS, printed
+
+    mono = [p for p in FONTS if p.stem == "DejaVuSansMono"]
+    zeros = [image for image, digit in zip(*printed(mono, "select")) if digit == 0]
+    round_zero = Image.new("L", (64, 64), 255)
+    ImageDraw.Draw(round_zero).ellipse((16, 8, 48, 56), outline=0, width=4)
+    ImageDraw.Draw(round_zero).ellipse((30, 29, 34, 35), fill=0)
+    for image in zeros + [round_zero]:
+        inked = to_mnist(image) > 64
+        assert (ndimage.binary_fill_holes(inked) & ~inked).sum() >= 20  # the ring's counter, not the dot alone
+
+
 @pytest.mark.parametrize("resample", [Image.Resampling.BILINEAR, Image.Resampling.NEAREST], ids=["smoothed", "blocks"])
 @pytest.mark.parametrize("scale", [2, 3, 8])
 def test_an_enlarged_scan_frames_as_its_small_original(scale, resample):
