@@ -50,7 +50,7 @@ FRAGMENT_SHARE = 0.1  # ink apart from the digit, lighter than this share of its
 CROP_LEVEL = 0.3  # ink at this share of the strongest, reaching two edges, makes the image a tight crop
 ENCLOSURE_SOLIDITY = 0.9  # a piece of ink that encloses the rest is a box or a ring if it is this convex ...
 ENCLOSURE_ROOM = 0.15  # ... and leaves room around what it encloses: a disc this share of its side across
-ENCLOSED_SIDE = 0.4  # what it encloses is the digit if it spans this share of the inside (not a 0's dot)
+ENCLOSED_SIDE = 0.4  # what it encloses is a digit if its largest piece spans this share of the inside
 THREAD_WIDTH = 2  # ink in no THREAD_WIDTH x THREAD_WIDTH square of ink is a thread (MNIST's strokes are 2-4 px wide)
 NARROW_ASPECT = 0.4  # a digit's box narrower than this share of its height, and ...
 NARROW_STROKES = 3.5  # ... at least this many of its strokes wide, may be a condensed face: also read widened ...
@@ -105,9 +105,9 @@ def _without_enclosure(ink: np.ndarray) -> np.ndarray:
     the digit's box to its own, and the space between them, long for its width, was filled as an outline's
     inside. The enclosing piece (above BOX_THRESHOLD, its inside holding most of the other ink) must be convex
     (ENCLOSURE_SOLIDITY: a digit's outline round its holes is not, but for a 0's) and leave room inside
-    (ENCLOSURE_ROOM: an outlined 0's outer wall runs a stroke's width from its inner one), and what it encloses
-    must span ENCLOSED_SIDE of its inside (a 0's dot does not). Chosen on bench/robustness.py's select part
-    (docs/robustness.md)."""
+    (ENCLOSURE_ROOM: an outlined 0's outer wall runs a stroke's width from its inner one), and the largest piece
+    it encloses must span ENCLOSED_SIDE of its inside (a 0's dot does not, nor the dots of a line through a 0).
+    Chosen on bench/robustness.py's select part (docs/robustness.md)."""
     if min(ink.shape) < SPECK_MIN_SIDE:
         return ink
     inked = ink > BOX_THRESHOLD * ink.max()
@@ -121,8 +121,10 @@ def _without_enclosure(ink: np.ndarray) -> np.ndarray:
         enclosed = inked & inside
         if not enclosed.any() or ink[enclosed].sum() < 0.5 * ink[inked & ~ring].sum():
             continue
-        if _side(enclosed) < ENCLOSED_SIDE * min(np.ptp(np.nonzero(inside), axis=1) + 1):
-            continue
+        pieces, _ = ndimage.label(enclosed, structure=np.ones((3, 3)))
+        largest = pieces == np.argmax(np.bincount(pieces[enclosed]))
+        if _side(largest) < ENCLOSED_SIDE * min(np.ptp(np.nonzero(inside), axis=1) + 1):
+            continue  # a 0's dot, or the dots of a dotted line through it
         room = ndimage.distance_transform_edt(inside & ~ndimage.binary_fill_holes(enclosed)).max()
         if room < ENCLOSURE_ROOM * _side(ring) or _solidity(ring | inside) < ENCLOSURE_SOLIDITY:
             continue
