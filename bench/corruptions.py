@@ -1,5 +1,6 @@
 """Seventeen corruptions of the kind cameras, scanners and people add to a digit, for bench/robustness.py, and
-digits in a box or a ring drawn round them (`boxed`: a form's cells, a circled digit).
+digits in a box or a ring drawn round them (`boxed`: a form's cells, a circled digit) or a line under them
+(`underlined`: an underlined 6 or 9, a form's line).
 
 Each takes one MNIST image (float [28, 28] in 0..1, light digit on black) and a numpy Generator and returns
 the corrupted image (float, 0..1). The strengths are ones a person still reads easily (bench/robustness.py
@@ -181,13 +182,19 @@ def corrupt(images: np.ndarray, kind: str, seed: int) -> np.ndarray:
     return out
 
 
+def _enlarged(x: np.ndarray, rng: np.random.Generator, side: int = 64) -> Image.Image:
+    """The digit enlarged to 40 px in the middle of side x side, moved up to 3 px (light on black)."""
+    ink = Image.new("L", (side, side), 0)
+    dy, dx = rng.integers(-3, 4, 2)
+    ink.paste(Image.fromarray(x).resize((40, 40), Image.Resampling.BILINEAR), (12 + int(dx), 12 + int(dy)))
+    return ink
+
+
 def in_a_box(x: np.ndarray, rng: np.random.Generator, side: int = 64) -> Image.Image:
     """uint8 [28, 28] MNIST digit -> a side x side image, dark ink on white: the digit enlarged to 40 px and moved
     up to 3 px, in a box (two thirds: 2-10 px in from the edges, as a form's cell is cropped) or a ring (0-3 px in,
     as a person circles a digit), drawn 1-3 px wide apart from it."""
-    ink = Image.new("L", (side, side), 0)
-    dy, dx = rng.integers(-3, 4, 2)
-    ink.paste(Image.fromarray(x).resize((40, 40), Image.Resampling.BILINEAR), (12 + int(dx), 12 + int(dy)))
+    ink = _enlarged(x, rng, side)
     width = int(rng.integers(1, 4))
     frame = Image.new("L", (side, side), 0)
     if rng.random() < 2 / 3:
@@ -202,3 +209,18 @@ def in_a_box(x: np.ndarray, rng: np.random.Generator, side: int = 64) -> Image.I
 def boxed(images: np.ndarray, seed: int) -> list[Image.Image]:
     """uint8 [N, 28, 28] -> each digit in a box or a ring (`in_a_box`), with draws from (seed, i)."""
     return [in_a_box(x, np.random.default_rng([seed, len(CORRUPTIONS), i])) for i, x in enumerate(images)]
+
+
+def underlined(images: np.ndarray, seed: int) -> list[Image.Image]:
+    """uint8 [N, 28, 28] -> each digit as in `in_a_box`, with a line under it instead: 1-3 px thick, 2-6 px
+    below its ink, as wide as the digit's ink up to 1.5 times, slanted by up to 2 px over its length."""
+    out = []
+    for i, x in enumerate(images):
+        rng = np.random.default_rng([seed, len(CORRUPTIONS) + 1, i])
+        ink = _enlarged(x, rng)
+        rows, cols = np.nonzero(np.asarray(ink) > 25)
+        middle, half = (cols.min() + cols.max()) / 2, (cols.max() - cols.min() + 1) / 2 * rng.uniform(1, 1.5)
+        y, tilt = rows.max() + int(rng.integers(2, 7)) + 2, rng.uniform(-2, 2)
+        ImageDraw.Draw(ink).line((middle - half, y - tilt, middle + half, y + tilt), fill=255, width=int(rng.integers(1, 4)))
+        out.append(Image.fromarray(255 - np.asarray(ink)))
+    return out

@@ -4,7 +4,7 @@ centred as the MNIST images were made).
 Each step is what a person does without thinking, and each was chosen on the "select" part of
 bench/robustness.py (corrupted val images and digits from outside MNIST; never MNIST test; what each choice
 measured: docs/robustness.md, How predict's framing was chosen; steps 0-3 are in mnist_sum/data/paper.py,
-the outline fill of step 5 in mnist_sum/data/outlines.py):
+the marks drawn round a digit and the outline fill of step 5 in mnist_sum/data/marks.py and outlines.py):
 0. an image enlarged with smoothing is read at the size it was enlarged from (its size must not decide its answer);
 1. specks are ignored: isolated pixels far off their neighbours are replaced (salt-and-pepper, dust);
 2. the paper is the majority: polarity from the whole image, not its border (a border can be a stripe, fog
@@ -14,8 +14,9 @@ the outline fill of step 5 in mnist_sum/data/outlines.py):
    thinner than the opening's window), smoothed, of the paper levelled first (light falling off from one
    side), so grey, uneven or foggy paper becomes black (a single paper level fails on fog);
 4. only an image with no structure at all is blank (less than MIN_CONTRAST grey levels of ink);
-5. a box or a ring drawn round the digit (a form's cell) is not the digit's, nor a line one pixel wide run in
-   from the edge (zigzag, dotted), and a digit drawn as its outline is filled: a hollow stroke is still the stroke;
+5. a box or a ring drawn round the digit (a form's cell) or a line under it is not the digit's, nor a line one
+   pixel wide run in from the edge (zigzag, dotted), and a digit drawn as its outline is filled: a hollow stroke
+   is still the stroke;
 6. the ink's box, less light pieces apart from the digit (dots, noise), is scaled to fit 20x20 and its centre
    of mass put in the middle of 28x28, also for 28x28 images (a shifted or shrunken digit is framed again;
    one already framed as MNIST is kept; a crop enlarged by half again or more is sharpened); a narrow digit
@@ -27,10 +28,11 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 from scipy import ndimage
-from scipy.spatial import ConvexHull
 
+from mnist_sum.data.marks import without_box_sides, without_enclosure, without_underline
 from mnist_sum.data.outlines import filled_outlines
 from mnist_sum.data.paper import (
+    BOX_THRESHOLD,
     MIN_CONTRAST,
     SPECK_MIN_SIDE,
     background,
@@ -45,12 +47,8 @@ from mnist_sum.errors import UsageError
 
 ANALYSIS_SIDE = 256  # larger images are reduced first: the digit ends up 20 px tall, so nothing is lost
 RULING_SHARE = 0.04  # a line across the image at most this thick (of the image's side) is a ruling, not ink
-BOX_THRESHOLD = 0.1  # share of the strongest ink that counts towards the digit's box (MNIST's boxes: 20 px)
 FRAGMENT_SHARE = 0.1  # ink apart from the digit, lighter than this share of its largest piece, is not in its box
 CROP_LEVEL = 0.3  # ink at this share of the strongest, reaching two edges, makes the image a tight crop
-ENCLOSURE_SOLIDITY = 0.9  # a piece of ink that encloses the rest is a box or a ring if it is this convex ...
-ENCLOSURE_ROOM = 0.15  # ... and leaves room around what it encloses: a disc this share of its side across
-ENCLOSED_SIDE = 0.4  # what it encloses is a digit if its largest piece spans this share of the inside
 THREAD_WIDTH = 2  # ink in no THREAD_WIDTH x THREAD_WIDTH square of ink is a thread (MNIST's strokes are 2-4 px wide)
 NARROW_ASPECT = 0.4  # a digit's box narrower than this share of its height, and ...
 NARROW_STROKES = 3.5  # ... at least this many of its strokes wide, may be a condensed face: also read widened ...
@@ -98,51 +96,6 @@ def _without_rulings(ink: np.ndarray) -> np.ndarray:
         else:
             keep[:, lines] = 0
     return keep if keep.max() >= BOX_THRESHOLD * ink.max() else ink
-
-
-def _without_enclosure(ink: np.ndarray) -> np.ndarray:
-    """Ink less a box or a ring drawn round the digit, apart from it (a form's cell, a circled digit): it widened
-    the digit's box to its own, and the space between them, long for its width, was filled as an outline's
-    inside. The enclosing piece (above BOX_THRESHOLD, its inside holding most of the other ink) must be convex
-    (ENCLOSURE_SOLIDITY: a digit's outline round its holes is not, but for a 0's) and leave room inside
-    (ENCLOSURE_ROOM: an outlined 0's outer wall runs a stroke's width from its inner one), and the largest piece
-    it encloses must span ENCLOSED_SIDE of its inside (a 0's dot does not, nor the dots of a line through a 0).
-    Chosen on bench/robustness.py's select part (docs/robustness.md)."""
-    if min(ink.shape) < SPECK_MIN_SIDE:
-        return ink
-    inked = ink > BOX_THRESHOLD * ink.max()
-    labels, _ = ndimage.label(inked, structure=np.ones((3, 3)))
-    for piece, box in enumerate(ndimage.find_objects(labels), start=1):
-        ring = np.zeros_like(inked)
-        ring[box] = labels[box] == piece
-        if not (inked[box] & ~ring[box]).any():
-            continue  # nothing else within its box (most pieces: the digit's own, specks)
-        inside = ndimage.binary_fill_holes(ring) & ~ring
-        enclosed = inked & inside
-        if not enclosed.any() or ink[enclosed].sum() < 0.5 * ink[inked & ~ring].sum():
-            continue
-        pieces, _ = ndimage.label(enclosed, structure=np.ones((3, 3)))
-        largest = pieces == np.argmax(np.bincount(pieces[enclosed]))
-        if _side(largest) < ENCLOSED_SIDE * min(np.ptp(np.nonzero(inside), axis=1) + 1):
-            continue  # a 0's dot, or the dots of a dotted line through it
-        room = ndimage.distance_transform_edt(inside & ~ndimage.binary_fill_holes(enclosed)).max()
-        if room < ENCLOSURE_ROOM * _side(ring) or _solidity(ring | inside) < ENCLOSURE_SOLIDITY:
-            continue
-        gone = ndimage.binary_dilation(ring, np.ones((3, 3), bool)) & ~enclosed  # with its fringe below the threshold
-        return _without_enclosure(np.where(gone, 0.0, ink))  # a box in a box
-    return ink
-
-
-def _side(mask: np.ndarray) -> int:
-    """The longer side of a mask's box."""
-    return int(max(np.ptp(np.nonzero(mask), axis=1))) + 1
-
-
-def _solidity(region: np.ndarray) -> float:
-    """A region's area over its convex hull's (pixels counted whole: the hull of their centres, half its perimeter
-    and a pixel added): 1 for a filled rectangle or disc, less for a digit's shape."""
-    hull = ConvexHull(np.argwhere(region))
-    return float(region.sum() / (hull.volume + hull.area / 2 + 1))
 
 
 def _fills_frame(ink: np.ndarray) -> bool:
@@ -219,12 +172,13 @@ def mnist_views(image: Image.Image) -> list[np.ndarray]:
     ink = np.clip(gray - background(gray), 0, None)
     if ink.max() < MIN_CONTRAST:
         raise UsageError("the image is blank (no digit found)", "pass an image with a digit in it")
+    ink = without_underline(ink)
     unruled = _without_rulings(ink)
     # A tight crop (a low-resolution scan, however enlarged): strokes are a large share of the image, and a window
     # of a third of it took the enlarged ones for paper. One measured in strokes scales with the scan; and a line
     # across the whole of a tight crop is the digit's own bar, not a ruling.
     ink = np.clip(gray - background(gray, stroke_width(gray)), 0, None) if _fills_frame(unruled) else unruled
-    ink = filled_outlines(_without_threads(_without_enclosure(ink)))
+    ink = filled_outlines(_without_threads(without_box_sides(without_enclosure(ink))))
     ink *= 255.0 / ink.max()
     top, bottom, left, right = _digit_box(ink)
     crop = ink[top:bottom, left:right]

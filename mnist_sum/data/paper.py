@@ -14,6 +14,7 @@ from scipy import ndimage
 MIN_CONTRAST = 16.0  # grey levels of ink above the paper below which an image counts as blank
 SPECK_LEVELS = 32.0  # a pixel this far beyond all but one of its 8 neighbours is a speck
 SPECK_SHARE = 0.03  # below this share of speck-like pixels an image is taken as clean
+BOX_THRESHOLD = 0.1  # share of the strongest ink that counts towards the digit's box (MNIST's boxes: 20 px)
 SPECK_MIN_SIDE = 16  # below this a stroke is one pixel wide and looks like a speck, and the digit fills the image
 BACKGROUND_STROKES = 4  # in a tight crop, the paper's window spans at least this many stroke widths
 BAND_SHARE = 0.15  # a band of swapped polarity is at least this share of the image wide; so are a line's ends

@@ -1,0 +1,112 @@
+"""Marks a person draws round a digit, taken out before it is framed: a box or a ring (a form's cell, a circled
+digit) and a line under it (step 5 of predict's framing, mnist_sum/data/framing.py; what each choice measured:
+docs/robustness.md, How predict's framing was chosen)."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import ConvexHull
+
+from mnist_sum.data.paper import BOX_THRESHOLD, SPECK_MIN_SIDE
+
+ENCLOSURE_SOLIDITY = 0.9  # a piece of ink that encloses the rest is a box or a ring if it is this convex ...
+ENCLOSURE_ROOM = 0.15  # ... and leaves room around what it encloses: a disc this share of its side across
+ENCLOSED_SIDE = 0.4  # what it encloses is a digit if its largest piece spans this share of the inside
+BOX_SIDE_SHARE = 0.08  # a line along a side of the ink's box at most this thick (of its side) may be a box's
+UNDERLINE_FLAT = 0.15  # a piece under the digit at most this tall for its width is a line drawn under it
+
+
+def without_enclosure(ink: np.ndarray) -> np.ndarray:
+    """Ink less a box or a ring drawn round the digit, apart from it (a form's cell, a circled digit): it widened
+    the digit's box to its own, and the space between them, long for its width, was filled as an outline's
+    inside. The enclosing piece (above BOX_THRESHOLD, its inside holding most of the other ink) must be convex
+    (ENCLOSURE_SOLIDITY: a digit's outline round its holes is not, but for a 0's) and leave room inside
+    (ENCLOSURE_ROOM: an outlined 0's outer wall runs a stroke's width from its inner one), and the largest piece
+    it encloses must span ENCLOSED_SIDE of its inside (a 0's dot does not, nor the dots of a line through a 0).
+    Chosen on bench/robustness.py's select part (docs/robustness.md)."""
+    if min(ink.shape) < SPECK_MIN_SIDE:
+        return ink
+    inked = ink > BOX_THRESHOLD * ink.max()
+    labels, _ = ndimage.label(inked, structure=np.ones((3, 3)))
+    for piece, box in enumerate(ndimage.find_objects(labels), start=1):
+        ring = np.zeros_like(inked)
+        ring[box] = labels[box] == piece
+        if not (inked[box] & ~ring[box]).any():
+            continue  # nothing else within its box (most pieces: the digit's own, specks)
+        inside = ndimage.binary_fill_holes(ring) & ~ring
+        enclosed = inked & inside
+        if not enclosed.any() or ink[enclosed].sum() < 0.5 * ink[inked & ~ring].sum():
+            continue
+        pieces, _ = ndimage.label(enclosed, structure=np.ones((3, 3)))
+        largest = pieces == np.argmax(np.bincount(pieces[enclosed]))
+        if _side(largest) < ENCLOSED_SIDE * min(np.ptp(np.nonzero(inside), axis=1) + 1):
+            continue  # a 0's dot, or the dots of a dotted line through it
+        room = ndimage.distance_transform_edt(inside & ~ndimage.binary_fill_holes(enclosed)).max()
+        if room < ENCLOSURE_ROOM * _side(ring) or _solidity(ring | inside) < ENCLOSURE_SOLIDITY:
+            continue
+        gone = ndimage.binary_dilation(ring, np.ones((3, 3), bool)) & ~enclosed  # with its fringe below the threshold
+        return without_enclosure(np.where(gone, 0.0, ink))  # a box in a box
+    return ink
+
+
+def without_box_sides(ink: np.ndarray) -> np.ndarray:
+    """Ink less a box drawn tight round the digit, touching it (a form's cell): thin lines along all four sides
+    of the ink's box, each across 90% of it, as rulings are across the image (framing's `_without_rulings`). A digit has
+    a bar along one or two sides of its box, not four; kept whole if nothing else is left."""
+    if min(ink.shape) < SPECK_MIN_SIDE:
+        return ink
+    inked = ink > BOX_THRESHOLD * ink.max()
+    top, bottom, left, right = (int(i) for i in (*_span(inked.any(axis=1)), *_span(inked.any(axis=0))))
+    box = inked[top:bottom, left:right]
+    most = max(2, round(BOX_SIDE_SHARE * max(box.shape)))
+    sides = []
+    for full in (box.mean(axis=1) >= 0.9, box.mean(axis=0) >= 0.9):
+        near, far = np.nonzero(full[:most])[0], np.nonzero(full[::-1][:most])[0]  # full lines in either end's band
+        if not (len(near) and len(far)):
+            return ink
+        sides.append((near[-1] + 1, len(full) - far[-1] - 1))
+    keep = ink.copy()
+    inner = np.zeros_like(inked)
+    inner[top + sides[0][0]:top + sides[0][1], left + sides[1][0]:left + sides[1][1]] = True
+    keep[~inner] = 0
+    return keep if keep.max() >= BOX_THRESHOLD * ink.max() else ink
+
+
+def without_underline(ink: np.ndarray) -> np.ndarray:
+    """Ink less a line drawn under the digit, apart from it (an underlined 6 or 9, a form's line shorter than the
+    image): the lowest piece, if it is a flat bar (UNDERLINE_FLAT) at least half as wide as the rest of the ink
+    and wholly below it. Looked for before rulings are taken out: a digit a ruling is taken out of leaves a
+    flat piece under the rest."""
+    if min(ink.shape) < SPECK_MIN_SIDE:
+        return ink
+    inked = ink > BOX_THRESHOLD * ink.max()
+    labels, count = ndimage.label(inked, structure=np.ones((3, 3)))
+    if count < 2:
+        return ink
+    boxes = ndimage.find_objects(labels)
+    lowest = max(range(count), key=lambda i: boxes[i][0].start)
+    rows, cols = boxes[lowest]
+    rest = inked & (labels != lowest + 1)
+    rest_rows, rest_cols = _span(rest.any(axis=1)), _span(rest.any(axis=0))
+    flat = (rows.stop - rows.start) <= UNDERLINE_FLAT * (cols.stop - cols.start)
+    if flat and rows.start >= rest_rows[1] and cols.stop - cols.start >= 0.5 * (rest_cols[1] - rest_cols[0]):
+        return np.where(ndimage.binary_dilation(labels == lowest + 1, np.ones((3, 3), bool)), 0.0, ink)
+    return ink
+
+
+def _span(any_ink: np.ndarray) -> tuple[int, int]:
+    rows = np.nonzero(any_ink)[0]
+    return rows[0], rows[-1] + 1
+
+
+def _side(mask: np.ndarray) -> int:
+    """The longer side of a mask's box."""
+    return int(max(np.ptp(np.nonzero(mask), axis=1))) + 1
+
+
+def _solidity(region: np.ndarray) -> float:
+    """A region's area over its convex hull's (pixels counted whole: the hull of their centres, half its perimeter
+    and a pixel added): 1 for a filled rectangle or disc, less for a digit's shape."""
+    hull = ConvexHull(np.argwhere(region))
+    return float(region.sum() / (hull.volume + hull.area / 2 + 1))
