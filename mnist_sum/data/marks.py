@@ -51,9 +51,10 @@ def without_enclosure(ink: np.ndarray) -> np.ndarray:
 
 
 def without_box_sides(ink: np.ndarray) -> np.ndarray:
-    """Ink less a box drawn tight round the digit, touching it (a form's cell): thin lines along all four sides
-    of the ink's box, each across 90% of it, as rulings are across the image (framing's `_without_rulings`). A digit has
-    a bar along one or two sides of its box, not four; kept whole if nothing else is left."""
+    """Ink less a box drawn on the digit's edges, touching it (a form's tight cell): thin lines (BOX_SIDE_SHARE)
+    along all four sides of the ink's box, each across 90% of it, as rulings are across the image (framing's
+    `_without_rulings`). A digit has a bar along one or two sides of its box, not four; kept whole if nothing
+    else is left. Chosen on bench/robustness.py's select part (docs/robustness.md)."""
     if min(ink.shape) < SPECK_MIN_SIDE:
         return ink
     inked = ink > BOX_THRESHOLD * ink.max()
@@ -77,7 +78,7 @@ def without_underline(ink: np.ndarray) -> np.ndarray:
     """Ink less a line drawn under the digit, apart from it (an underlined 6 or 9, a form's line shorter than the
     image): the lowest piece, if it is a flat bar (UNDERLINE_FLAT) at least half as wide as the rest of the ink
     and wholly below it. Looked for before rulings are taken out: a digit a ruling is taken out of leaves a
-    flat piece under the rest."""
+    flat piece under the rest. Chosen on bench/robustness.py's select part (docs/robustness.md)."""
     if min(ink.shape) < SPECK_MIN_SIDE:
         return ink
     inked = ink > BOX_THRESHOLD * ink.max()
@@ -96,6 +97,7 @@ def without_underline(ink: np.ndarray) -> np.ndarray:
 
 
 def _span(any_ink: np.ndarray) -> tuple[int, int]:
+    """[first, last + 1) of the True entries."""
     rows = np.nonzero(any_ink)[0]
     return rows[0], rows[-1] + 1
 
