@@ -212,7 +212,7 @@ def boxed(images: np.ndarray, seed: int) -> list[Image.Image]:
 
 
 def underlined(images: np.ndarray, seed: int) -> list[Image.Image]:
-    """uint8 [N, 28, 28] -> each digit as in `in_a_box`, with a line under it instead: 1-3 px thick, 2-6 px
+    """uint8 [N, 28, 28] -> each digit as in `in_a_box`, with a line under it instead: 1-3 px thick, 4-8 px
     below its ink, as wide as the digit's ink up to 1.5 times, slanted by up to 2 px over its length."""
     out = []
     for i, x in enumerate(images):
