@@ -8,7 +8,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull
 
-from mnist_sum.data.paper import BOX_THRESHOLD, SPECK_MIN_SIDE
+from mnist_sum.data.paper import BOX_THRESHOLD, SPECK_MIN_SIDE, longer_side
 
 ENCLOSURE_SOLIDITY = 0.9  # a piece of ink that encloses the rest is a box or a ring if it is this convex ...
 ENCLOSURE_ROOM = 0.15  # ... and leaves room around what it encloses: a disc this share of its side across
@@ -40,10 +40,10 @@ def without_enclosure(ink: np.ndarray) -> np.ndarray:
             continue
         pieces, _ = ndimage.label(enclosed, structure=np.ones((3, 3)))
         largest = pieces == np.argmax(np.bincount(pieces[enclosed]))
-        if _side(largest) < ENCLOSED_SIDE * min(np.ptp(np.nonzero(inside), axis=1) + 1):
+        if longer_side(largest) < ENCLOSED_SIDE * min(np.ptp(np.nonzero(inside), axis=1) + 1):
             continue  # a 0's dot, or the dots of a dotted line through it
         room = ndimage.distance_transform_edt(inside & ~ndimage.binary_fill_holes(enclosed)).max()
-        if room < ENCLOSURE_ROOM * _side(ring) or _solidity(ring | inside) < ENCLOSURE_SOLIDITY:
+        if room < ENCLOSURE_ROOM * longer_side(ring) or _solidity(ring | inside) < ENCLOSURE_SOLIDITY:
             continue
         gone = ndimage.binary_dilation(ring, np.ones((3, 3), bool)) & ~enclosed  # with its fringe below the threshold
         return without_enclosure(np.where(gone, 0.0, ink))  # a box in a box
@@ -58,7 +58,7 @@ def without_box_sides(ink: np.ndarray) -> np.ndarray:
     if min(ink.shape) < SPECK_MIN_SIDE:
         return ink
     inked = ink > BOX_THRESHOLD * ink.max()
-    top, bottom, left, right = (int(i) for i in (*_span(inked.any(axis=1)), *_span(inked.any(axis=0))))
+    (top, bottom), (left, right) = _span(inked.any(axis=1)), _span(inked.any(axis=0))
     box = inked[top:bottom, left:right]
     most = max(2, round(BOX_SIDE_SHARE * max(box.shape)))
     sides = []
@@ -67,10 +67,9 @@ def without_box_sides(ink: np.ndarray) -> np.ndarray:
         if not (len(near) and len(far)):
             return ink
         sides.append((near[-1] + 1, len(full) - far[-1] - 1))
-    keep = ink.copy()
-    inner = np.zeros_like(inked)
-    inner[top + sides[0][0]:top + sides[0][1], left + sides[1][0]:left + sides[1][1]] = True
-    keep[~inner] = 0
+    inner = (slice(top + sides[0][0], top + sides[0][1]), slice(left + sides[1][0], left + sides[1][1]))
+    keep = np.zeros_like(ink)
+    keep[inner] = ink[inner]
     return keep if keep.max() >= BOX_THRESHOLD * ink.max() else ink
 
 
@@ -99,12 +98,7 @@ def without_underline(ink: np.ndarray) -> np.ndarray:
 def _span(any_ink: np.ndarray) -> tuple[int, int]:
     """[first, last + 1) of the True entries."""
     rows = np.nonzero(any_ink)[0]
-    return rows[0], rows[-1] + 1
-
-
-def _side(mask: np.ndarray) -> int:
-    """The longer side of a mask's box."""
-    return int(max(np.ptp(np.nonzero(mask), axis=1))) + 1
+    return int(rows[0]), int(rows[-1]) + 1
 
 
 def _solidity(region: np.ndarray) -> float:

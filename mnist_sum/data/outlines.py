@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from mnist_sum.data.paper import SPECK_MIN_SIDE, mask_width
+from mnist_sum.data.paper import SPECK_MIN_SIDE, longer_side, mask_width
 
 HOLLOW_LENGTH = 12.0  # a hole in the ink this long for its depth (area / depth^2) can be a stroke's inside
 HOLLOW_LEVELS = (0.3, 0.5, 0.7)  # shares of the strongest ink at which an outline's insides are looked for
@@ -95,9 +95,8 @@ def _outline_inside(inked: np.ndarray) -> np.ndarray | None:
     labels, count = _hole_labels(holes)
     if count == 0:
         return None
-    rows, cols = np.nonzero(inked)
     width = mask_width(inked)
-    if width > WALL_SHARE * max(np.ptp(rows) + 1, np.ptp(cols) + 1):
+    if width > WALL_SHARE * longer_side(inked):
         return None
     wall = max(1, int(np.ceil(width)))
     index = range(1, count + 1)

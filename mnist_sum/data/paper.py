@@ -122,6 +122,11 @@ def stroke_width(x: np.ndarray) -> float:
     return mask_width(x > (level + float(x.max())) / 2)
 
 
+def longer_side(mask: np.ndarray) -> int:
+    """The longer side of the box round a boolean mask's True pixels."""
+    return int(max(np.ptp(np.nonzero(mask), axis=1))) + 1
+
+
 def mask_width(inked: np.ndarray) -> float:
     """The typical width in pixels of the strokes of a boolean mask: twice the median distance to its outside
     along the strokes' ridges."""
