@@ -170,19 +170,27 @@ def test_a_box_ring_or_line_drawn_round_the_digit_is_not_part_of_it(digits, shap
     assert sum(a > 0.9 for a in alike) >= (7 if shape == "underline" else 8), alike
 
 
+def _zeros_of(font: str) -> list[Image.Image]:
+    """The 0s of one of matplotlib's fonts as bench/outside_digits.py draws them: both sizes, both tilts."""
+    from outside_digits import FONTS, printed
+
+    return [image for image, digit in zip(*printed([p for p in FONTS if p.stem == font], "select")) if digit == 0]
+
+
+def _counter(frame: np.ndarray) -> int:
+    """Pixels of a frame's holes (a 0's counter): inside its ink, not ink."""
+    inked = frame > 64
+    return int((ndimage.binary_fill_holes(inked) & ~inked).sum())
+
+
 def test_a_zero_with_a_dot_in_it_keeps_its_ring():
     # A dotted zero (DejaVu Sans Mono's, and a rounder one drawn here): its ring encloses the dot, but the dot is
     # not a digit in a box.
-    from outside_digits import FONTS, printed
-
-    mono = [p for p in FONTS if p.stem == "DejaVuSansMono"]
-    zeros = [image for image, digit in zip(*printed(mono, "select")) if digit == 0]
     round_zero = Image.new("L", (64, 64), 255)
     ImageDraw.Draw(round_zero).ellipse((16, 8, 48, 56), outline=0, width=4)
     ImageDraw.Draw(round_zero).ellipse((30, 29, 34, 35), fill=0)
-    for image in zeros + [round_zero]:
-        inked = to_mnist(image) > 64
-        assert (ndimage.binary_fill_holes(inked) & ~inked).sum() >= 20  # the ring's counter, not the dot alone
+    for image in _zeros_of("DejaVuSansMono") + [round_zero]:
+        assert _counter(to_mnist(image)) >= 20  # the ring's counter, not the dot alone
 
 
 @pytest.mark.parametrize("resample", [Image.Resampling.BILINEAR, Image.Resampling.NEAREST], ids=["smoothed", "blocks"])
@@ -320,13 +328,9 @@ def _box_aspect(frame: np.ndarray) -> float:
 def test_a_bold_zero_keeps_its_counter():
     # A bold face's 0 has a narrow counter, as long for its depth as an outlined stroke's inside; its walls are
     # thick (0.18-0.23 of its box; an outline's at most 0.13), so it is not an outline, and filled it became a
-    # blob (quick read some as 8s). Computer Modern bold, as bench/outside_digits.py draws it: both sizes, both tilts.
-    from outside_digits import FONTS, printed
-
-    zeros = [image for image, digit in zip(*printed([p for p in FONTS if p.stem == "cmb10"], "select")) if digit == 0]
-    for image in zeros:
-        inked = to_mnist(image) > 64
-        assert (ndimage.binary_fill_holes(inked) & ~inked).sum() >= 20  # the counter: 51-60 px
+    # blob (quick read some as 8s). Computer Modern bold.
+    for image in _zeros_of("cmb10"):
+        assert _counter(to_mnist(image)) >= 20  # the counter: 51-60 px
 
 
 def test_a_condensed_face_is_also_read_widened(mnist):
