@@ -346,3 +346,12 @@ def test_a_condensed_face_is_also_read_widened(mnist):
         assert _box_aspect(first) < 0.45 <= _box_aspect(second), (_box_aspect(first), _box_aspect(second))
     shifted = [Image.fromarray(np.roll(x.numpy(), 3, axis=1)) for x in mnist["test"][0][:1000]]  # framed again
     assert sum(len(mnist_views(image)) == 2 for image in shifted) <= 10
+
+
+def test_the_marks_leave_ink_without_marks_or_without_ink_as_it_is(digits):
+    # Each is a step on every image predict frames: a digit alone, or nothing left of one, passes through.
+    from mnist_sum.data.marks import without_box_sides, without_enclosure, without_underline
+
+    for ink in [np.zeros((40, 40), np.float32), *(255 - _in_a_box(digit) for digit in digits)]:
+        for step in (without_enclosure, without_box_sides, without_underline):
+            assert np.array_equal(step(ink), ink), step.__name__

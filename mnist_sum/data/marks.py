@@ -55,7 +55,7 @@ def without_box_sides(ink: np.ndarray) -> np.ndarray:
     along all four sides of the ink's box, each across 90% of it, as rulings are across the image (framing's
     `_without_rulings`). A digit has a bar along one or two sides of its box, not four; kept whole if nothing
     else is left. Chosen on bench/robustness.py's select part (docs/robustness.md)."""
-    if min(ink.shape) < SPECK_MIN_SIDE:
+    if min(ink.shape) < SPECK_MIN_SIDE or not ink.any():
         return ink
     inked = ink > BOX_THRESHOLD * ink.max()
     (top, bottom), (left, right) = _span(inked.any(axis=1)), _span(inked.any(axis=0))
