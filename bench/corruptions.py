@@ -1,6 +1,6 @@
 """Seventeen corruptions of the kind cameras, scanners and people add to a digit, for bench/robustness.py, and
-digits in a box or a ring drawn round them (`boxed`: a form's cells, a circled digit) or a line under them
-(`underlined`: an underlined 6 or 9, a form's line).
+digits in a box or a ring drawn round them (`boxed`: a form's cells, a circled digit), with a line under them
+(`underlined`: an underlined 6 or 9, a form's line) or written with a marker (`marker`: strokes 2-3 times as wide).
 
 Each takes one MNIST image (float [28, 28] in 0..1, light digit on black) and a numpy Generator and returns
 the corrupted image (float, 0..1). The strengths are ones a person still reads easily (bench/robustness.py
@@ -223,4 +223,20 @@ def underlined(images: np.ndarray, seed: int) -> list[Image.Image]:
         y, tilt = rows.max() + int(rng.integers(2, 7)) + 2, rng.uniform(-2, 2)
         ImageDraw.Draw(ink).line((middle - half, y - tilt, middle + half, y + tilt), fill=255, width=int(rng.integers(1, 4)))
         out.append(Image.fromarray(255 - np.asarray(ink)))
+    return out
+
+
+def with_a_marker(ink: np.ndarray, tip: int) -> np.ndarray:
+    """Light ink on black, its strokes widened as a round tip `tip` px across draws them."""
+    yy, xx = np.mgrid[:tip, :tip] - (tip - 1) / 2
+    return ndimage.grey_dilation(ink, footprint=yy ** 2 + xx ** 2 <= ((tip - 1) / 2) ** 2 + 0.5)
+
+
+def marker(images: np.ndarray, seed: int) -> list[Image.Image]:
+    """uint8 [N, 28, 28] -> each digit as in `in_a_box`, written with a marker instead: its strokes (3-4 px wide
+    at 40 px) widened by a round tip 4-7 px across, to 2-3 times MNIST's pen."""
+    out = []
+    for i, x in enumerate(images):
+        rng = np.random.default_rng([seed, len(CORRUPTIONS) + 2, i])
+        out.append(Image.fromarray(255 - with_a_marker(np.asarray(_enlarged(x, rng)), int(rng.integers(4, 8)))))
     return out
