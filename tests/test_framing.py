@@ -384,9 +384,9 @@ def test_a_stroke_wide_because_it_is_blurred_is_not_thinned(digits, monkeypatch)
     import mnist_sum.data.framing as framing
 
     blurred = [255.0 - ndimage.gaussian_filter(255.0 - _with_a_marker(digit, 7), 2.0) for digit in digits]
-    framed = [_frame(image) for image in blurred]
+    framed, thick = [_frame(image) for image in blurred], framing.THICK_STROKE
     monkeypatch.setattr(framing, "THICK_STROKE", 1.0)
     unthinned = [_frame(image) for image in blurred]
-    wide = [f for f in unthinned if mask_width(f > 0.5 * f.max()) > 0.25 * longer_side(f > 0.5 * f.max())]
+    wide = [f for f in unthinned if mask_width(f > 0.5 * f.max()) > thick * longer_side(f > 0.5 * f.max())]
     assert len(wide) >= 2  # what the guard is for: strokes as wide as a marker's
     assert all(np.array_equal(a, b) for a, b in zip(framed, unthinned))
