@@ -206,24 +206,29 @@ def in_a_box(x: np.ndarray, rng: np.random.Generator, side: int = 64) -> Image.I
     return Image.fromarray(255 - np.maximum(np.asarray(ink), np.asarray(frame)))
 
 
+def _each(images: np.ndarray, seed: int, stream: int, draw) -> list[Image.Image]:
+    """uint8 [N, 28, 28] -> draw(image, rng) for each image, its rng from (seed, stream, i): a stream after the
+    corruptions' own, one per set, so adding a set changes no other set's draws."""
+    return [draw(x, np.random.default_rng([seed, len(CORRUPTIONS) + stream, i])) for i, x in enumerate(images)]
+
+
 def boxed(images: np.ndarray, seed: int) -> list[Image.Image]:
-    """uint8 [N, 28, 28] -> each digit in a box or a ring (`in_a_box`), with draws from (seed, i)."""
-    return [in_a_box(x, np.random.default_rng([seed, len(CORRUPTIONS), i])) for i, x in enumerate(images)]
+    """uint8 [N, 28, 28] -> each digit in a box or a ring (`in_a_box`)."""
+    return _each(images, seed, 0, in_a_box)
 
 
 def underlined(images: np.ndarray, seed: int) -> list[Image.Image]:
     """uint8 [N, 28, 28] -> each digit as in `in_a_box`, with a line under it instead: 1-3 px thick, 4-8 px
     below its ink, as wide as the digit's ink up to 1.5 times, slanted by up to 2 px over its length."""
-    out = []
-    for i, x in enumerate(images):
-        rng = np.random.default_rng([seed, len(CORRUPTIONS) + 1, i])
+    def draw(x: np.ndarray, rng: np.random.Generator) -> Image.Image:
         ink = _enlarged(x, rng)
         rows, cols = np.nonzero(np.asarray(ink) > 25)
         middle, half = (cols.min() + cols.max()) / 2, (cols.max() - cols.min() + 1) / 2 * rng.uniform(1, 1.5)
         y, tilt = rows.max() + int(rng.integers(2, 7)) + 2, rng.uniform(-2, 2)
         ImageDraw.Draw(ink).line((middle - half, y - tilt, middle + half, y + tilt), fill=255, width=int(rng.integers(1, 4)))
-        out.append(Image.fromarray(255 - np.asarray(ink)))
-    return out
+        return Image.fromarray(255 - np.asarray(ink))
+
+    return _each(images, seed, 1, draw)
 
 
 def with_a_marker(ink: np.ndarray, tip: int) -> np.ndarray:
@@ -235,8 +240,5 @@ def with_a_marker(ink: np.ndarray, tip: int) -> np.ndarray:
 def marker(images: np.ndarray, seed: int) -> list[Image.Image]:
     """uint8 [N, 28, 28] -> each digit as in `in_a_box`, written with a marker instead: its strokes (3-4 px wide
     at 40 px) widened by a round tip 4-7 px across, to 2-3 times MNIST's pen."""
-    out = []
-    for i, x in enumerate(images):
-        rng = np.random.default_rng([seed, len(CORRUPTIONS) + 2, i])
-        out.append(Image.fromarray(255 - with_a_marker(np.asarray(_enlarged(x, rng)), int(rng.integers(4, 8)))))
-    return out
+    return _each(images, seed, 2, lambda x, rng: Image.fromarray(
+        255 - with_a_marker(np.asarray(_enlarged(x, rng)), int(rng.integers(4, 8)))))

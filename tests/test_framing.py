@@ -363,9 +363,7 @@ def _with_a_marker(digit: np.ndarray, tip: int) -> np.ndarray:
     3-4 px wide at this size; bench/corruptions.py's `marker` draws these at random tips and places)."""
     from corruptions import with_a_marker
 
-    ink = np.zeros((64, 64), np.float32)
-    ink[12:52, 12:52] = np.asarray(Image.fromarray(digit.astype(np.uint8)).resize((40, 40), Image.Resampling.BILINEAR))
-    return 255.0 - with_a_marker(ink, tip)
+    return 255.0 - with_a_marker(255.0 - _in_a_box(digit), tip)
 
 
 def test_a_digit_written_with_a_marker_is_framed_as_written_with_a_pen(digits):
