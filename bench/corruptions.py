@@ -1,6 +1,7 @@
 """Seventeen corruptions of the kind cameras, scanners and people add to a digit, for bench/robustness.py, and
 digits in a box or a ring drawn round them (`boxed`: a form's cells, a circled digit), with a line under them
-(`underlined`: an underlined 6 or 9, a form's line) or written with a marker (`marker`: strokes 2-3 times as wide).
+(`underlined`: an underlined 6 or 9, a form's line), written with a marker (`marker`: strokes 2-3 times as wide)
+or photographed on paper (`photos`: colour, ruled or plain, lit unevenly, out of focus, JPEG).
 
 Each takes one MNIST image (float [28, 28] in 0..1, light digit on black) and a numpy Generator and returns
 the corrupted image (float, 0..1). The strengths are ones a person still reads easily (bench/robustness.py
@@ -11,6 +12,7 @@ only measure how well the net learnt them.
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
@@ -242,3 +244,51 @@ def marker(images: np.ndarray, seed: int) -> list[Image.Image]:
     at 40 px) widened by a round tip 4-7 px across, to 2-3 times MNIST's pen."""
     return _each(images, seed, 2, lambda x, rng: Image.fromarray(
         255 - with_a_marker(np.asarray(_enlarged(x, rng)), int(rng.integers(4, 8)))))
+
+
+PHOTO_SIDE = 128
+
+
+def _jpeg(image: Image.Image, quality: int) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert(image.mode)
+
+
+def photographed(x: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    """uint8 [28, 28] MNIST digit -> a colour photo of it written on paper, PHOTO_SIDE square, as a phone takes
+    one: the digit 40-90 px tall, turned up to 8 degrees, placed anywhere with a margin, in black or blue ink on
+    off-white paper with a faint grain; half of them ruled (light blue lines 18-26 px apart, some with a red
+    margin line); lit unevenly (10-35% darker from one side to the other); slightly out of focus, with sensor noise, saved
+    as a JPEG of quality 50-90."""
+    side = PHOTO_SIDE
+    tall = int(rng.integers(40, 91))
+    digit = Image.fromarray(x).resize((tall, tall), Image.Resampling.BICUBIC).rotate(
+        rng.uniform(-8, 8), Image.Resampling.BILINEAR, expand=True)
+    alpha = np.zeros((side, side), np.float32)
+    top, left = (int(rng.integers(4, side - 4 - n + 1)) for n in digit.size[::-1])
+    alpha[top:top + digit.size[1], left:left + digit.size[0]] = np.asarray(digit, np.float32) / 255
+    paper = np.array([rng.uniform(225, 250), rng.uniform(220, 245), rng.uniform(205, 235)], np.float32)
+    page = np.broadcast_to(paper, (side, side, 3)) + ndimage.gaussian_filter(rng.normal(0, 6, (side, side)), 1.5)[..., None]
+    if rng.random() < 0.5:
+        rule = np.array([170, 200, 235], np.float32)
+        gap, start, width = int(rng.integers(18, 27)), int(rng.integers(0, 18)), int(rng.integers(1, 3))
+        for y in range(start, side, gap):
+            page[y:y + width] = rule
+        if rng.random() < 0.3:
+            column = int(rng.integers(6, 24))
+            page[:, column:column + width] = np.array([225, 120, 120], np.float32)
+    ink = np.array([40, 40, 45], np.float32) if rng.random() < 0.5 else np.array([35, 55, 150], np.float32)
+    ink = ink + rng.uniform(-15, 15)
+    image = page * (1 - alpha[..., None]) + ink * alpha[..., None]
+    angle, fall = rng.uniform(0, 2 * math.pi), rng.uniform(0.1, 0.35)
+    yy, xx = (np.mgrid[:side, :side] - side / 2) / side
+    light = 1 - fall * (0.5 + math.cos(angle) * xx + math.sin(angle) * yy)
+    image = ndimage.gaussian_filter(image * light[..., None], (rng.uniform(0.4, 1.0),) * 2 + (0,))
+    image = image + rng.normal(0, rng.uniform(2, 6), image.shape)
+    return _jpeg(Image.fromarray(np.clip(image, 0, 255).round().astype(np.uint8), "RGB"), int(rng.integers(50, 91)))
+
+
+def photos(images: np.ndarray, seed: int) -> list[Image.Image]:
+    """uint8 [N, 28, 28] -> each digit as a photo of it on paper (`photographed`)."""
+    return _each(images, seed, 3, photographed)

@@ -23,7 +23,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # this checkout's framing, not an installed one's
-from corruptions import CORRUPTIONS, boxed, corrupt, marker, underlined  # noqa: E402
+from corruptions import CORRUPTIONS, boxed, corrupt, marker, photos, underlined  # noqa: E402
 from outside_digits import SETS  # noqa: E402
 
 from mnist_sum.config import load_config  # noqa: E402
@@ -50,6 +50,7 @@ def framed_sets(part: str, count: int) -> dict[str, tuple[np.ndarray, np.ndarray
     sets["boxed"] = (boxed(images, seed), labels)
     sets["underlined"] = (underlined(images, seed), labels)
     sets["marker"] = (marker(images, seed), labels)
+    sets["photos"] = (photos(images, seed), labels)
     for name, make in SETS.items():
         sets[name] = make(part)
     return {name: framed(ims, np.asarray(lab)) for name, (ims, lab) in sets.items()}

@@ -15,10 +15,10 @@ def test_robustness_bench_prints_a_row_per_set_and_the_mean(smoke_run):
     result = run_python(["bench/robustness.py", str(smoke_run[0]), "--count", "20"])
     assert result.returncode == 0, result.stderr[-2000:]
     rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[2:]}
-    for name in ["clean", *CORRUPTIONS, "boxed", "underlined", "marker", "fonts", "hand_fonts", "strokes", "handwriting",
-                 "enlarged"]:
+    for name in ["clean", *CORRUPTIONS, "boxed", "underlined", "marker", "photos", "fonts", "hand_fonts", "strokes",
+                 "handwriting", "enlarged"]:
         assert re.fullmatch(r"\d+\.\d%", rows[name][-1]), rows.get(name)
-    assert rows["clean"][1] == rows["boxed"][1] == rows["underlined"][1] == rows["marker"][1] == "20"
+    assert rows["clean"][1] == rows["boxed"][1] == rows["underlined"][1] == rows["marker"][1] == rows["photos"][1] == "20"
     assert rows["handwriting"][1] == rows["enlarged"][1] == "898"  # the report half of 1,797
     assert "corruptions" in rows
 
