@@ -48,7 +48,8 @@ from mnist_sum.data.paper import (
 from mnist_sum.errors import UsageError
 
 ANALYSIS_SIDE = 256  # larger images are reduced first: the digit ends up 20 px tall, so nothing is lost
-RULING_SHARE = 0.04  # a line across the image at most this thick (of the image's side) is a ruling, not ink
+RULING_SHARE = 0.04  # a line across the image at most this thick (of the image's side) is a ruling, not ink ...
+RULING_LEVEL = 0.05  # ... if its ink stands this share of the strongest above the rows beside it
 FRAGMENT_SHARE = 0.1  # ink apart from the digit, lighter than this share of its largest piece, is not in its box
 CROP_LEVEL = 0.3  # ink at this share of the strongest, reaching two edges, makes the image a tight crop
 THREAD_WIDTH = 2  # ink in no THREAD_WIDTH x THREAD_WIDTH square of ink is a thread (MNIST's strokes are 2-4 px wide)
@@ -85,21 +86,40 @@ def _thin_runs(full: np.ndarray, most: int) -> np.ndarray:
 
 
 def _without_rulings(ink: np.ndarray) -> np.ndarray:
-    """Ink less thin lines across nearly the whole image: stripes, rulings, a frame's edge. A digit's bar that
-    fills a tight crop is thicker than RULING_SHARE of the image, and at low resolution (below SPECK_MIN_SIDE)
-    nothing is removed; kept whole if nothing else is left."""
+    """Ink less thin lines across nearly the whole image, down or across: stripes, rulings, a frame's edge; the
+    lines' own ink only, so a stroke they cross keeps its own (`_ruled`). A digit's bar that fills a tight crop
+    is thicker than RULING_SHARE of the image, and at low resolution (below SPECK_MIN_SIDE) nothing is removed;
+    kept whole if nothing else is left. Chosen on bench/robustness.py's select part (docs/robustness.md)."""
     if min(ink.shape) < SPECK_MIN_SIDE:
         return ink
-    inked = ink > BOX_THRESHOLD * ink.max()
-    keep = ink.copy()
-    for axis in (0, 1):
-        full = inked.mean(axis=1 - axis) >= 0.9
-        lines = _thin_runs(full, max(2, round(RULING_SHARE * ink.shape[axis])))
-        if axis == 0:
-            keep[lines] = 0
-        else:
-            keep[:, lines] = 0
+    across, down = _ruled(ink, ink.max()), _ruled(ink.T, ink.max()).T
+    keep = np.clip(ink - np.maximum(across, down), 0, None)
     return keep if keep.max() >= BOX_THRESHOLD * ink.max() else ink
+
+
+def _ruled(ink: np.ndarray, strongest: float) -> np.ndarray:
+    """The ink of the rulings across the image (rows): thin runs of rows (RULING_SHARE) whose ink stands
+    RULING_LEVEL of the strongest above the rows beside them along 90% of their length, as strong as the line
+    is drawn at each point (light falls off along it). Only the line's own ink: a stroke that crosses it is
+    darker and keeps the rest, where taking the rows out cut the digit in two. A row's level is a low percentile
+    of it: a digit's bar can cover most of a row that a ruling runs along."""
+    most = max(2, round(RULING_SHARE * ink.shape[0]))
+    level = np.percentile(ink, 10, axis=1)
+    paper = ndimage.grey_opening(level, size=2 * most + 1)  # the level of the rows beside
+    excess = level - paper
+    above = ink - paper[:, None]
+    full = (excess >= RULING_LEVEL * strongest) & (np.mean(above >= 0.5 * excess[:, None], axis=1) >= 0.9)
+    lines = np.zeros_like(ink)
+    for r in np.nonzero(_thin_runs(full, most))[0]:
+        # The line's level at each point, two ways, each blind where the other sees: interpolated between the
+        # points no stroke crosses (not much above the line: a stroke as light as twice the line passes for
+        # it), and a low share of the points around (a stroke along the line for half the row passes for it).
+        alone = np.nonzero(above[r] <= 2 * excess[r])[0]
+        between = np.interp(np.arange(ink.shape[1]), alone, above[r, alone])
+        drawn = np.where(above[r] >= 0.5 * excess[r], above[r], excess[r])  # beyond the line's ends: its level
+        around = ndimage.percentile_filter(drawn, 25, size=ink.shape[1] // 2 | 1, mode="nearest")
+        lines[r] = np.minimum(ndimage.median_filter(between, size=2 * most + 1, mode="nearest"), around)
+    return lines
 
 
 def _fills_frame(ink: np.ndarray) -> bool:
