@@ -259,8 +259,8 @@ def photographed(x: np.ndarray, rng: np.random.Generator) -> Image.Image:
     """uint8 [28, 28] MNIST digit -> a colour photo of it written on paper, PHOTO_SIDE square, as a phone takes
     one: the digit 40-90 px tall, turned up to 8 degrees, placed anywhere with a margin, in black or blue ink on
     off-white paper with a faint grain; half of them ruled (light blue lines 18-26 px apart, some with a red
-    margin line); lit unevenly (10-35% darker from one side to the other); slightly out of focus, with sensor noise, saved
-    as a JPEG of quality 50-90."""
+    margin line); lit unevenly (10-35% darker from one side to the other); slightly out of focus, with sensor
+    noise, saved as a JPEG of quality 50-90."""
     side = PHOTO_SIDE
     tall = int(rng.integers(40, 91))
     digit = Image.fromarray(x).resize((tall, tall), Image.Resampling.BICUBIC).rotate(

@@ -92,12 +92,12 @@ def _without_rulings(ink: np.ndarray) -> np.ndarray:
     kept whole if nothing else is left. Chosen on bench/robustness.py's select part (docs/robustness.md)."""
     if min(ink.shape) < SPECK_MIN_SIDE:
         return ink
-    across, down = _ruled(ink, ink.max()), _ruled(ink.T, ink.max()).T
+    across, down = _ruled(ink), _ruled(ink.T).T
     keep = np.clip(ink - np.maximum(across, down), 0, None)
     return keep if keep.max() >= BOX_THRESHOLD * ink.max() else ink
 
 
-def _ruled(ink: np.ndarray, strongest: float) -> np.ndarray:
+def _ruled(ink: np.ndarray) -> np.ndarray:
     """The ink of the rulings across the image (rows): thin runs of rows (RULING_SHARE) whose ink stands
     RULING_LEVEL of the strongest above the rows beside them along 90% of their length, as strong as the line
     is drawn at each point (light falls off along it). Only the line's own ink: a stroke that crosses it is
@@ -108,7 +108,8 @@ def _ruled(ink: np.ndarray, strongest: float) -> np.ndarray:
     paper = ndimage.grey_opening(level, size=2 * most + 1)  # the level of the rows beside
     excess = level - paper
     above = ink - paper[:, None]
-    full = (excess >= RULING_LEVEL * strongest) & (np.mean(above >= 0.5 * excess[:, None], axis=1) >= 0.9)
+    along = above >= 0.5 * excess[:, None]  # the line's points, and the strokes' that cross it
+    full = (excess >= RULING_LEVEL * ink.max()) & (along.mean(axis=1) >= 0.9)
     lines = np.zeros_like(ink)
     for r in np.nonzero(_thin_runs(full, most))[0]:
         # The line's level at each point, two ways, each blind where the other sees: interpolated between the
@@ -116,7 +117,7 @@ def _ruled(ink: np.ndarray, strongest: float) -> np.ndarray:
         # it), and a low share of the points around (a stroke along the line for half the row passes for it).
         alone = np.nonzero(above[r] <= 2 * excess[r])[0]
         between = np.interp(np.arange(ink.shape[1]), alone, above[r, alone])
-        drawn = np.where(above[r] >= 0.5 * excess[r], above[r], excess[r])  # beyond the line's ends: its level
+        drawn = np.where(along[r], above[r], excess[r])  # beyond the line's ends: its level
         around = ndimage.percentile_filter(drawn, 25, size=ink.shape[1] // 2 | 1, mode="nearest")
         lines[r] = np.minimum(ndimage.median_filter(between, size=2 * most + 1, mode="nearest"), around)
     return lines
