@@ -14,7 +14,8 @@ ENCLOSURE_SOLIDITY = 0.9  # a piece of ink that encloses the rest is a box or a 
 ENCLOSURE_ROOM = 0.15  # ... and leaves room around what it encloses: a disc this share of its side across
 ENCLOSED_SIDE = 0.4  # what it encloses is a digit if its largest piece spans this share of the inside
 BOX_SIDE_SHARE = 0.08  # a line along a side of the ink's box at most this thick (of its side) may be a box's
-UNDERLINE_FLAT = 0.15  # a piece under the digit at most this tall for its width is a line drawn under it
+UNDERLINE_FLAT = 0.15  # a piece under the digit at most this thick for its length is a line drawn under it ...
+UNDERLINE_TILT = 30.0  # ... if it runs within this many degrees of level
 
 
 def without_enclosure(ink: np.ndarray) -> np.ndarray:
@@ -75,9 +76,9 @@ def without_box_sides(ink: np.ndarray) -> np.ndarray:
 
 def without_underline(ink: np.ndarray) -> np.ndarray:
     """Ink less a line drawn under the digit, apart from it (an underlined 6 or 9, a form's line shorter than the
-    image): the lowest piece, if it is a flat bar (UNDERLINE_FLAT) at least half as wide as the rest of the ink
-    and wholly below it. Looked for before rulings are taken out: a digit a ruling is taken out of leaves a
-    flat piece under the rest. Chosen on bench/robustness.py's select part (docs/robustness.md)."""
+    image): the lowest piece, if it is a straight line near level (`_is_underline`) at least half as wide as the
+    rest of the ink and wholly below it. Looked for before rulings are taken out: a digit a ruling is taken out
+    of leaves a flat piece under the rest. Chosen on bench/robustness.py's select part (docs/robustness.md)."""
     if min(ink.shape) < SPECK_MIN_SIDE:
         return ink
     inked = ink > BOX_THRESHOLD * ink.max()
@@ -89,10 +90,23 @@ def without_underline(ink: np.ndarray) -> np.ndarray:
     rows, cols = boxes[lowest]
     rest = inked & (labels != lowest + 1)
     rest_rows, rest_cols = _span(rest.any(axis=1)), _span(rest.any(axis=0))
-    flat = (rows.stop - rows.start) <= UNDERLINE_FLAT * (cols.stop - cols.start)
-    if flat and rows.start >= rest_rows[1] and cols.stop - cols.start >= 0.5 * (rest_cols[1] - rest_cols[0]):
+    wide = cols.stop - cols.start >= 0.5 * (rest_cols[1] - rest_cols[0])
+    if wide and rows.start >= rest_rows[1] and _is_underline(labels == lowest + 1):
         return np.where(ndimage.binary_dilation(labels == lowest + 1, np.ones((3, 3), bool)), 0.0, ink)
     return ink
+
+
+def _is_underline(piece: np.ndarray) -> bool:
+    """A mask at most UNDERLINE_FLAT as thick as it is long, along its own axis, which runs within UNDERLINE_TILT
+    of level. Not its box's height: a line drawn by hand is tilted, and its box is as tall as the tilt. Length and
+    thickness from the spread of its pixels along and across the axis (a bar L long spreads L^2 / 12 along it;
+    each pixel a unit square, so a single pixel is as thick as it is long)."""
+    ys, xs = np.nonzero(piece)
+    spread = np.cov(np.stack([xs, ys]).astype(float), bias=True) + np.eye(2) / 12
+    variances, axes = np.linalg.eigh(spread)  # ascending: across the axis, then along it
+    thickness, length = np.sqrt(12 * variances)
+    tilt = np.degrees(np.arctan2(abs(axes[1, 1]), abs(axes[0, 1])))
+    return bool(thickness <= UNDERLINE_FLAT * length and tilt <= UNDERLINE_TILT)
 
 
 def _span(any_ink: np.ndarray) -> tuple[int, int]:
