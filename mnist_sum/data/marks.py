@@ -88,11 +88,12 @@ def without_underline(ink: np.ndarray) -> np.ndarray:
     boxes = ndimage.find_objects(labels)
     lowest = max(range(count), key=lambda i: boxes[i][0].start)
     rows, cols = boxes[lowest]
-    rest = inked & (labels != lowest + 1)
+    line = labels == lowest + 1
+    rest = inked & ~line
     rest_rows, rest_cols = _span(rest.any(axis=1)), _span(rest.any(axis=0))
     wide = cols.stop - cols.start >= 0.5 * (rest_cols[1] - rest_cols[0])
-    if wide and rows.start >= rest_rows[1] and _is_underline(labels == lowest + 1):
-        return np.where(ndimage.binary_dilation(labels == lowest + 1, np.ones((3, 3), bool)), 0.0, ink)
+    if wide and rows.start >= rest_rows[1] and _is_underline(line):
+        return np.where(ndimage.binary_dilation(line, np.ones((3, 3), bool)), 0.0, ink)
     return ink
 
 
